@@ -1,0 +1,3 @@
+from mtbert.cli import app
+
+app(prog_name="mtbert")

@@ -1,0 +1,9 @@
+"""The one exception type that reaches the user as a readable line instead of a traceback."""
+
+
+class MtbertError(Exception):
+    """A problem the user can fix: a bad recipe key, a missing file, a malformed row.
+
+    The message names what is wrong and where (file and line, or recipe key). The CLI prints it on
+    one line and exits with status 2; nothing is written after it is raised.
+    """
