@@ -1,0 +1,333 @@
+"""Reading and writing model weights on disk: Hugging Face encoder weights, and the exported model.
+
+Nothing here ever unpickles: safetensors files, or `.bin` files read with torch.load(weights_only=True).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from mtbert.config import Recipe, parse_recipe
+from mtbert.errors import MtbertError
+from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
+from mtbert.tasks import Task, resolve_tasks
+
+# ======================================================================================
+# Encoder weights: Hugging Face format
+# ======================================================================================
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+PICKLE_FILE = "pytorch_model.bin"
+
+# Task-model checkpoints (BertForSequenceClassification, BertForPreTraining, ...) nest the encoder.
+_WRAPPER_PREFIXES = ("bert.", "model.")
+_ENCODER_PREFIXES = ("embeddings.", "encoder.", "pooler.")
+# Index buffers that older transformers versions saved next to the weights.
+_BUFFER_SUFFIXES = (".position_ids", ".token_type_ids")
+_POOLER_PREFIX = "pooler."
+_MAX_KEYS_LISTED = 5
+
+
+def convert_hf_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+) -> dict[str, torch.Tensor]:
+    """Map a Hugging Face BERT-family state dict onto BertModel's keys; heads are dropped."""
+    converted = {}
+    for key, tensor in state_dict.items():
+        key = _strip_wrapper_prefix(key)
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight")
+        key = key.replace("LayerNorm.beta", "LayerNorm.bias")
+        if key.startswith(_ENCODER_PREFIXES) and not key.endswith(_BUFFER_SUFFIXES):
+            converted[key] = tensor
+    return converted
+
+
+def _strip_wrapper_prefix(key: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
+
+
+def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool = True) -> BertModel:
+    """Load a BERT encoder from a local Hugging Face folder or, failing that, a hub model name.
+
+    The model comes back in eval mode, as Hugging Face's from_pretrained returns it.
+    """
+    folder = Path(name_or_path)
+    if folder.exists():
+        config_path, weights_path = _local_files(folder)
+    else:
+        config_path, weights_path = _hub_files(str(name_or_path))
+    config = _read_config(config_path)
+    state_dict = convert_hf_state_dict(_read_weights(weights_path))
+    model = BertModel(config, add_pooling_layer=add_pooling_layer)
+    _load_checked(model, state_dict, source=weights_path)
+    return model.eval()
+
+
+def _local_files(folder: Path) -> tuple[Path, Path]:
+    if not folder.is_dir():
+        raise MtbertError(f"{folder}: expected a model folder holding {CONFIG_FILE}, got a file")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise MtbertError(f"{folder}: model folder has no {CONFIG_FILE}")
+    for name in (SAFETENSORS_FILE, PICKLE_FILE):
+        if (folder / name).is_file():
+            return config_path, folder / name
+    raise MtbertError(f"{folder}: model folder has neither {SAFETENSORS_FILE} nor {PICKLE_FILE}")
+
+
+def _hub_files(name: str) -> tuple[Path, Path]:
+    # Imported here because only hub names need it; local folders load without it.
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def fetch(filename: str) -> Path:
+        return Path(hf_hub_download(repo_id=name, filename=filename))
+
+    # Every hub failure (offline, unknown repo, invalid name, HTTP error) means the same thing
+    # to the user, so all of them become one readable error.
+    try:
+        config_path = fetch(CONFIG_FILE)
+        try:
+            weights_path = fetch(SAFETENSORS_FILE)
+        except EntryNotFoundError:
+            # Older repos only ship the pickle file; offline, the cache may hold only that one.
+            weights_path = fetch(PICKLE_FILE)
+    except Exception as error:
+        raise MtbertError(
+            f"model {name!r} is neither a local folder nor reachable on the Hugging Face hub "
+            f"({type(error).__name__}: {_first_line(error)})"
+        ) from error
+    return config_path, weights_path
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _read_config(path: Path) -> BertConfig:
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise MtbertError(f"{path}: cannot read model config: {error}") from error
+    if not isinstance(raw, dict):
+        raise MtbertError(f"{path}: model config must be a JSON object")
+    try:
+        return BertConfig.from_dict(raw)
+    except ValueError as error:
+        raise MtbertError(f"{path}: {error}") from error
+
+
+def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
+    if path.name.endswith(".safetensors"):
+        state_dict = _read_safetensors(path)
+    else:
+        state_dict = _read_pickle_checkpoint(path)
+    if not isinstance(state_dict, Mapping) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
+        raise MtbertError(f"{path}: expected a flat mapping of parameter names to tensors")
+    return state_dict
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path, device="cpu")
+    except (SafetensorError, OSError) as error:
+        raise MtbertError(f"{path}: cannot read safetensors weights: {error}") from error
+
+
+def _read_pickle_checkpoint(path: Path) -> Any:
+    # weights_only refuses to run code hidden in the pickle; a file that needs more is rejected
+    # rather than trusted, since a downloaded checkpoint can execute anything when unpickled.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        needed_global = re.search(r"GLOBAL (\S+)", str(error))
+        if needed_global:
+            raise MtbertError(
+                f"{path}: this checkpoint needs full unpickling (it stores "
+                f"{needed_global.group(1)}), which can run arbitrary code, and is refused; "
+                f"re-save it as {SAFETENSORS_FILE} or as a plain state dict of tensors"
+            ) from error
+        raise MtbertError(
+            f"{path}: cannot be read as a plain PyTorch state dict; the file is corrupt or "
+            f"uses pickle features that safe loading refuses"
+        ) from error
+    except (RuntimeError, OSError, EOFError) as error:
+        raise MtbertError(f"{path}: cannot read PyTorch weights: {error}") from error
+
+
+def _load_checked(model: BertModel, state_dict: dict[str, torch.Tensor], source: Path) -> None:
+    expected = model.state_dict()
+    if model.pooler is None:
+        # The caller asked for no pooler, so the checkpoint's pooler weights are simply unused.
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_POOLER_PREFIX)}
+    missing = sorted(expected.keys() - state_dict.keys())
+    unexpected = sorted(state_dict.keys() - expected.keys())
+    pooler_missing = [key for key in missing if key.startswith(_POOLER_PREFIX)]
+    if pooler_missing and len(pooler_missing) == len(missing):
+        warnings.warn(
+            f"{source}: checkpoint has no pooler weights; the pooler stays randomly initialised",
+            stacklevel=3,
+        )
+        missing = []
+    if missing or unexpected:
+        raise MtbertError(
+            f"{source}: checkpoint does not match the BERT encoder: " + _describe_key_problems(missing, unexpected)
+        )
+    for key, tensor in state_dict.items():
+        if tensor.shape != expected[key].shape:
+            raise MtbertError(
+                f"{source}: {key} has shape {tuple(tensor.shape)} in the checkpoint but "
+                f"{tuple(expected[key].shape)} in the model built from its config"
+            )
+    # Every key is accounted for above; strict=False only lets an absent pooler keep its init.
+    model.load_state_dict(state_dict, strict=False)
+
+
+def _describe_key_problems(missing: list[str], unexpected: list[str]) -> str:
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected)):
+        if keys:
+            shown = ", ".join(keys[:_MAX_KEYS_LISTED])
+            more = f" and {len(keys) - _MAX_KEYS_LISTED} more" if len(keys) > _MAX_KEYS_LISTED else ""
+            parts.append(f"{len(keys)} {label} key(s): {shown}{more}")
+    return "; ".join(parts)
+
+
+def save_encoder(model: BertModel, folder: str | os.PathLike[str]) -> None:
+    """Write config.json and model.safetensors that both load_encoder and transformers can read."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    # Weights first, so a freshly written folder never has a config.json without its weights.
+    _write_atomically(
+        folder / SAFETENSORS_FILE,
+        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+    )
+    config_text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
+    _write_atomically(
+        folder / CONFIG_FILE,
+        lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8"),
+    )
+
+
+def _write_atomically(target: Path, write: Callable[[str], object]) -> None:
+    """Write through a temporary file in the same folder, then rename it over the target."""
+    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(tmp)
+        # mkstemp creates owner-only files; a saved model should be as readable as any output.
+        os.chmod(tmp, 0o644)
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# The exported multi-task model: what `mtbert evaluate` and `mtbert predict` read
+#
+# model.safetensors carries everything needed to rebuild and use the model in its metadata (model
+# config, resolved recipe, dev metrics), so the one file that matters is replaced in one atomic
+# rename. mtbert.json, recipe.yaml and metrics.json beside it are readable copies.
+
+MODEL_CONFIG_FILE = "mtbert.json"
+RECIPE_FILE = "recipe.yaml"
+METRICS_FILE = "metrics.json"
+
+
+@dataclass
+class LoadedModel:
+    model: MultiTaskModel
+    tokenizer: Any
+    recipe: Recipe
+    tasks: dict[str, Task]
+    metrics: dict
+
+
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str], *, recipe: str,
+                 metrics: dict) -> None:
+    """Write the model, its tokenizer, the resolved recipe and its dev metrics into `folder`."""
+    from mtbert import __version__
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config_json = json.dumps(model.config.to_dict(), indent=2)
+    metrics_json = json.dumps(metrics, indent=2)
+    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    metadata = {"format": "pt", "mtbert_version": __version__, "mtbert_config": config_json,
+                "recipe": recipe, "metrics": metrics_json}
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer-") as staging:
+        tokenizer.save_pretrained(staging)
+        for name in os.listdir(staging):
+            os.replace(os.path.join(staging, name), folder / name)
+    _write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_text_atomically(folder / MODEL_CONFIG_FILE, config_json + "\n")
+    write_text_atomically(folder / RECIPE_FILE, recipe)
+    write_text_atomically(folder / METRICS_FILE, metrics_json + "\n")
+
+
+def load_model(folder: str | os.PathLike[str], data_dir: str | None = None) -> LoadedModel:
+    """Rebuild an exported model. data_dir overrides the stored recipe's (then MTBERT_DATA_DIR does)."""
+    from mtbert.data.loading import load_tokenizer
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MtbertError(f"{folder}: checkpoint folder not found")
+    weights = folder / SAFETENSORS_FILE
+    if not weights.is_file():
+        raise MtbertError(f"{folder}: not a trained mtbert model: {SAFETENSORS_FILE} is missing "
+                          f"(mtbert train writes it when it first evaluates)")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for bad files
+        raise MtbertError(f"{weights}: unreadable safetensors file ({_first_line(e)})") from None
+    if "mtbert_config" not in metadata:
+        raise MtbertError(f"{weights}: not written by mtbert train (no model configuration in its metadata); "
+                          f"to load a Hugging Face encoder, use mtbert.BertModel.from_pretrained")
+    config = MultiTaskConfig.from_dict(json.loads(metadata["mtbert_config"]))
+    model = MultiTaskModel(config)
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise MtbertError(f"{weights}: weights do not match the stored configuration: "
+                          f"{_describe_key_problems(list(missing), list(unexpected))}")
+    model.eval()
+    raw_recipe = yaml.safe_load(metadata.get("recipe", "")) or {}
+    env_dir = os.environ.get("MTBERT_DATA_DIR")
+    if data_dir or env_dir:
+        raw_recipe["data_dir"] = data_dir or env_dir
+    recipe = parse_recipe(raw_recipe)
+    if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+        raise MtbertError(f"{folder}: the tokenizer files are missing (tokenizer.json / vocab.txt)")
+    tokenizer = load_tokenizer(str(folder))
+    return LoadedModel(model, tokenizer, recipe, resolve_tasks(recipe), json.loads(metadata.get("metrics", "{}")))

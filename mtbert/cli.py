@@ -1,0 +1,165 @@
+"""The `mtbert` command line. Each command parses its options and calls into the package."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from mtbert import __version__
+from mtbert.errors import MtbertError
+
+app = typer.Typer(
+    help="Multi-task fine-tuning of a hand-built BERT encoder.\n\n"
+         "Example: mtbert train recipes/quickstart.yaml && mtbert evaluate ckpt/quickstart",
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+
+DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Root of the task files (overrides the recipe "
+                                                                   "and MTBERT_DATA_DIR).")]
+
+
+def user_errors(command):
+    """Print an MtbertError as one line on stderr and exit with status 2, without a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        try:
+            return command(*args, **kwargs)
+        except MtbertError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mtbert {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print the version and exit.")] = False) -> None:
+    """Multi-task fine-tuning of a hand-built BERT encoder."""
+
+
+@app.command()
+@user_errors
+def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+          overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+          data_dir: DataDir = None,
+          output_dir: Annotated[Optional[str], typer.Option(help="Overrides the recipe's output_dir.")] = None):
+    """Train the recipe's tasks together and export the best model.
+
+    Example: mtbert train recipes/rrobin.yaml train.lr=3e-5 --data-dir ../shared/data
+    (or: accelerate launch -m mtbert train recipes/rrobin_full.yaml)
+    """
+    from mtbert.config import load_recipe
+    from mtbert.train import train as run_training
+
+    extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
+    run_training(load_recipe(recipe, extra, data_dir=data_dir))
+
+
+@app.command()
+@user_errors
+def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
+             split: Annotated[str, typer.Option(help="dev, train or test (test needs labels).")] = "dev",
+             tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+             data_dir: DataDir = None,
+             output: Annotated[Optional[Path], typer.Option(help="JSON file for {task: {metric: value}}.")] = None,
+             batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+    """Score a trained model on a split: a per-task table, and JSON.
+
+    Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json
+    """
+    from mtbert.evaluation import evaluate_checkpoint, format_table
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
+    typer.echo(format_table(results))
+    target = output or Path(ckpt) / f"eval-{split}.json"
+    from mtbert.checkpoint import write_text_atomically
+
+    write_text_atomically(target, json.dumps(results, indent=2) + "\n")
+    typer.echo(f"wrote {target}")
+
+
+@app.command()
+@user_errors
+def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")],
+            ckpt: Annotated[Path, typer.Option(help="Folder written by mtbert train.")] = Path("ckpt"),
+            input: Annotated[Optional[Path], typer.Option(help="One sentence per line, or two separated by a "
+                                                               "tab for pair tasks; default stdin.")] = None,
+            output: Annotated[Optional[Path], typer.Option(help="Output file; default stdout (with --split: "
+                                                                "the submission file name).")] = None,
+            format: Annotated[str, typer.Option(help="tsv or jsonl.")] = "tsv",
+            split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
+                                                              "instead (e.g. test): writes id + prediction.")] = None,
+            data_dir: DataDir = None,
+            batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+    """Predict labels (with class probabilities) or scores.
+
+    Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
+    Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
+    """
+    from mtbert.prediction import predict_lines, predict_split, read_input
+
+    if format not in ("tsv", "jsonl"):
+        raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
+    if split:
+        path = predict_split(ckpt, task, split, output, data_dir, batch_size)
+        typer.echo(f"wrote {path}", err=True)
+        return
+    lines, source = read_input(input)
+    if output is None:
+        predict_lines(ckpt, task, lines, source, sys.stdout, format, batch_size)
+        return
+    import io
+
+    from mtbert.checkpoint import write_text_atomically
+
+    buffer = io.StringIO()
+    count = predict_lines(ckpt, task, lines, source, buffer, format, batch_size)
+    write_text_atomically(output, buffer.getvalue())
+    typer.echo(f"wrote {count} predictions to {output}", err=True)
+
+
+@app.command()
+@user_errors
+def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+             overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+             data_dir: DataDir = None):
+    """Check a recipe and read all of its data, without training.
+
+    Example: mtbert validate recipes/rrobin.yaml --data-dir ../shared/data
+    """
+    from mtbert.config import load_recipe
+    from mtbert.validation import validate_recipe
+
+    typer.echo(validate_recipe(load_recipe(recipe, list(overrides or []), data_dir=data_dir)))
+
+
+@app.command("make-data")
+@user_errors
+def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart.")] = "quickstart",
+              out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("data/quickstart"),
+              seed: Annotated[int, typer.Option(help="Random seed.")] = 0):
+    """Generate the offline multi-task data set and WordPiece vocabulary the quickstart trains on.
+
+    Example: mtbert make-data quickstart --out data/quickstart
+    """
+    from mtbert.data.synthetic import make_quickstart_data
+
+    if name != "quickstart":
+        raise MtbertError(f"unknown data set {name!r}; available: quickstart")
+    summary = make_quickstart_data(out, seed=seed)
+    typer.echo(f"wrote {out}: {json.dumps(summary)}")

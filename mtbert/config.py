@@ -1,0 +1,460 @@
+"""The recipe: typed dataclasses with every default in one place, loaded from YAML and validated once.
+
+A recipe fully describes a run. Each field carries a one-line docstring (the string under it), which
+`mtbert validate` and the README's recipe reference are written from. Command-line overrides are
+dotted `key=value` pairs parsed as YAML scalars and type-checked like the file. Errors name the file,
+the line and the key, and suggest the nearest valid key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mtbert.errors import MtbertError
+
+Kind = Literal["classes", "binary", "regression"]
+Format = Literal["cs224n", "glue", "csv", "tsv", "jsonl"]
+SamplingStrategy = Literal["round_robin", "proportional", "temperature", "annealed", "uniform", "all_tasks"]
+
+
+@dataclass
+class SizeConfig:
+    """Encoder size, used when `model.init` is `random`."""
+
+    hidden_size: int = 128
+    "Width of every token vector."
+    num_layers: int = 2
+    "Number of transformer layers."
+    num_heads: int = 2
+    "Attention heads per layer; must divide hidden_size."
+    intermediate_size: int = 512
+    "Width of the feed-forward layer."
+    max_position_embeddings: int = 512
+    "Longest input the position table covers."
+
+
+@dataclass
+class ModelConfig:
+    """The shared encoder and its tokenizer."""
+
+    init: str = "random"
+    "A local folder (config.json + weights), a hub name such as bert-base-uncased, or `random`."
+    tokenizer: str | None = None
+    "Tokenizer folder or hub name; defaults to `init` (required when init is random)."
+    size: SizeConfig = field(default_factory=SizeConfig)
+    "Encoder size when init is random."
+    dropout: float | None = None
+    "Overrides the encoder's hidden and attention dropout; null keeps the checkpoint's."
+    max_length: int = 128
+    "Inputs are truncated to this many tokens (a pair counts both sentences)."
+    sharing: Literal["shared", "frozen"] = "shared"
+    "`shared`: every task trains the encoder; `frozen`: only poolers and heads train."
+
+
+@dataclass
+class HeadConfig:
+    """A task's output head on top of the pooled vector."""
+
+    type: Literal["linear", "mlp"] = "linear"
+    "`linear`: one output layer; `mlp`: `layers` hidden layers, then the output layer."
+    layers: int = 1
+    "Hidden layers of an mlp head."
+    hidden_size: int | None = None
+    "Width of the mlp's hidden layers; defaults to the encoder's hidden size."
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    "Activation between mlp layers."
+    dropout: float = 0.1
+    "Dropout on the pooled vector and between mlp layers."
+
+
+@dataclass
+class HubConfig:
+    """Where a task's data lives on the Hugging Face hub, used when its local folder is absent."""
+
+    path: str
+    "Dataset name for datasets.load_dataset, e.g. `glue`."
+    name: str | None = None
+    "Dataset configuration, e.g. `sst2`."
+    text_columns: list[str] = field(default_factory=list)
+    "Text column(s) in the hub dataset."
+    label_column: str = "label"
+    "Label column in the hub dataset."
+    splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    "mtbert split name -> hub split name."
+
+
+@dataclass
+class TaskConfig:
+    """One task. For a built-in task every field is optional and overrides the built-in value;
+    a custom task sets at least format, files, text_columns, label_column and kind."""
+
+    format: Format | None = None
+    "File format: cs224n (TSV with CSV quoting), glue (TSV, no quoting), csv, tsv or jsonl."
+    train_file: str | None = None
+    "Training file, relative to data_dir."
+    dev_file: str | None = None
+    "Development file, relative to data_dir."
+    test_file: str | None = None
+    "Test file (labels optional), relative to data_dir."
+    text_columns: list[str] | None = None
+    "One column (single sentence) or two (sentence pair)."
+    label_column: str | None = None
+    "Column holding the label or score."
+    id_column: str | None = None
+    "Column holding an example id (written into predictions)."
+    columns: list[str] | None = None
+    "Column names for a file without a header row (GLUE CoLA)."
+    kind: Kind | None = None
+    "classes (softmax), binary (one logit) or regression (one score)."
+    num_labels: int | None = None
+    "Number of classes for kind `classes`."
+    label_names: list[str] | None = None
+    "Class names in class-index order; the file may hold these names or the class numbers."
+    label_range: list[float] | None = None
+    "[low, high] allowed for a regression score."
+    metrics: list[str] | None = None
+    "Metrics computed on dev: accuracy, f1, matthews, pearson, spearman."
+    main_metric: list[str] | None = None
+    "The metric(s) whose mean is the task's main score."
+    hub: HubConfig | None = None
+    "Hub fallback when the task's local folder does not exist."
+    pooler: Literal["cls", "cls_raw", "mean", "max"] = "cls"
+    "How token vectors become one vector: cls (BERT pooler), cls_raw, mean or max."
+    pair_encoding: Literal["cross", "siamese"] = "cross"
+    "Sentence pairs: cross ([CLS] a [SEP] b) or siamese (each sentence alone, then combined)."
+    siamese_regression: Literal["features", "cosine"] = "features"
+    "Siamese regression: a head on [u, v, |u-v|, u*v], or the cosine of u and v scaled to label_range."
+    head: HeadConfig = field(default_factory=HeadConfig)
+    "The task's head."
+    batch_size: int | None = None
+    "Examples per batch and process; defaults to train.batch_size."
+    loss_weight: float = 1.0
+    "Multiplies this task's loss."
+    max_train_examples: int | None = None
+    "At most this many training examples per epoch of this task (a fresh random subset each pass)."
+    class_balanced: bool = False
+    "Draw training examples with weights inverse to their label's frequency."
+
+
+@dataclass
+class SamplingConfig:
+    """Which task each step trains on."""
+
+    strategy: SamplingStrategy = "round_robin"
+    "round_robin, proportional (p ~ N), temperature (p ~ N^(1/T)), annealed, uniform or all_tasks."
+    temperature: float = 2.0
+    "T for the temperature strategy."
+    anneal_decay: float = 0.8
+    "annealed: p ~ N^a with a = 1 - anneal_decay * (e-1)/(E-1) in epoch e of E (Stickland & Murray)."
+
+
+@dataclass
+class TrainConfig:
+    """Optimizer, schedule and loop."""
+
+    epochs: int = 1
+    "Epochs to train (see the README for what an epoch is under each sampling strategy)."
+    max_steps: int | None = None
+    "Stop after this many optimizer steps, overriding epochs."
+    batch_size: int = 32
+    "Default examples per batch and process for every task."
+    grad_accum: int = 1
+    "Batches whose gradients are summed before one optimizer step."
+    lr: float = 5e-5
+    "Peak learning rate."
+    weight_decay: float = 0.01
+    "Decoupled weight decay (not applied to biases and LayerNorm weights)."
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    "AdamW betas."
+    eps: float = 1e-8
+    "AdamW epsilon."
+    warmup_ratio: float = 0.1
+    "Fraction of the steps with linear warm-up; the rest decays linearly to zero."
+    grad_clip: float | None = 1.0
+    "Clip the gradient norm to this; null disables clipping."
+    log_every: int = 20
+    "Steps between log records (losses, learning rate, tokens per second)."
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation on dev during training."""
+
+    every_steps: int = 0
+    "Evaluate every this many optimizer steps; 0 evaluates at the end of each epoch."
+    batch_size: int = 128
+    "Examples per evaluation batch and process."
+    keep_best: bool = True
+    "Export the model with the best overall dev score; false exports the last."
+    max_examples: int | None = None
+    "Evaluate on at most this many dev examples per task during training (the full set in `mtbert evaluate`)."
+
+
+@dataclass
+class Recipe:
+    """A whole run."""
+
+    name: str = "run"
+    "A name for the run, written into its outputs."
+    seed: int = 0
+    "Seeds every random number generator; same seed, same run."
+    data_dir: str = "data"
+    "Root of the task files; overridden by MTBERT_DATA_DIR, then by --data-dir."
+    output_dir: str = "ckpt"
+    "Where the exported model, the resolved recipe, metrics and logs go."
+    model: ModelConfig = field(default_factory=ModelConfig)
+    "The encoder."
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
+    "Task name -> settings; a built-in name (sst, quora, sts, ...) needs no settings."
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    "Task sampling."
+    train: TrainConfig = field(default_factory=TrainConfig)
+    "Training loop."
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    "Evaluation during training."
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+@dataclass
+class _Source:
+    """Where values came from, for error messages: a file and the line of each key path."""
+
+    file: str
+    lines: dict[tuple[str, ...], int]
+
+    def where(self, path: tuple[str, ...]) -> str:
+        while path and path not in self.lines:
+            path = path[:-1]
+        line = self.lines.get(path)
+        return f"{self.file}:{line}" if line else self.file
+
+
+def load_recipe(path: str | Path, overrides: list[str] = (), data_dir: str | None = None) -> Recipe:
+    """Read a recipe file, apply `key=value` overrides, and return the validated Recipe.
+
+    data_dir precedence: the --data-dir argument, then MTBERT_DATA_DIR, then the recipe.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MtbertError(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(yaml.compose(text))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise MtbertError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise MtbertError(f"{path}: a recipe is a mapping of sections (model, tasks, train, ...)")
+    for item in overrides:
+        _apply_override(raw, item)
+    env_dir = os.environ.get("MTBERT_DATA_DIR")
+    if data_dir or env_dir:
+        raw["data_dir"] = data_dir or env_dir
+    recipe = parse_recipe(raw, _Source(str(path), lines))
+    return recipe
+
+
+def parse_recipe(raw: dict, source: _Source | None = None) -> Recipe:
+    """Build a Recipe from plain data (a parsed YAML file or a checkpoint's saved recipe)."""
+    source = source or _Source("recipe", {})
+    recipe = _build(Recipe, raw, (), source)
+    _check_semantics(recipe, source)
+    return recipe
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    """Plain data for yaml.safe_dump; round-trips through parse_recipe."""
+    return dataclasses.asdict(recipe)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, allow_unicode=True)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise MtbertError(f"override '{item}': expected key=value, e.g. train.lr=3e-5")
+    try:
+        parsed = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        parsed = value
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise MtbertError(f"override '{item}': '{part}' is not a section")
+        node = child
+    node[parts[-1]] = parsed
+
+
+def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    """Map each key path of a composed YAML document to its 1-based line."""
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            sub = path + (str(key_node.value),)
+            lines[sub] = key_node.start_mark.line + 1
+            lines.update(_key_lines(value_node, sub))
+    return lines
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a mapping to {_type_name(typing.get_args(tp)[1])}"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if tp is type(None):
+        return "null"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
+
+
+def _build(cls: type, raw: Any, path: tuple[str, ...], source: _Source) -> Any:
+    """Construct dataclass `cls` from `raw`, checking every key and type."""
+    if not isinstance(raw, dict):
+        raise MtbertError(f"{source.where(path)}: {'.'.join(path) or 'recipe'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key not in hints:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
+            dotted = ".".join(path + (key,))
+            raise MtbertError(f"{source.where(path + (key,))}: unknown key '{dotted}'{hint}")
+        kwargs[key] = _convert(hints[key], value, path + (key,), source)
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in kwargs and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: missing required key(s): "
+                          f"{', '.join(missing)}") from None
+
+
+def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any:
+    def fail() -> MtbertError:
+        return MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, got {value!r}")
+
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise fail()
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _convert(option, value, path, source)
+            except MtbertError:
+                continue
+        raise fail()
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else ""
+        raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, "
+                          f"got {value!r}{hint}")
+    if origin is list:
+        (item_type,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_type is str:
+            value = [value]  # a single column name may be written without brackets
+        if not isinstance(value, list):
+            raise fail()
+        return [_convert(item_type, v, path + (str(i),), source) for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_type = typing.get_args(tp)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise fail()
+        return {str(k): _convert(value_type, {} if v is None and dataclasses.is_dataclass(value_type) else v,
+                                 path + (str(k),), source) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, {} if value is None else value, path, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise fail()
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise fail()
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise fail() from None
+        raise fail()
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail()
+    raise fail()
+
+
+def _check_semantics(recipe: Recipe, source: _Source) -> None:
+    """Checks that span fields; task-level checks live in tasks.resolve_tasks."""
+    def err(path: tuple[str, ...], message: str) -> MtbertError:
+        return MtbertError(f"{source.where(path)}: {'.'.join(path)}: {message}")
+
+    if not recipe.tasks:
+        raise err(("tasks",), "the recipe names no task; add e.g. `tasks: {sst: {}}`")
+    size = recipe.model.size
+    if size.hidden_size % size.num_heads:
+        raise err(("model", "size", "num_heads"), f"{size.num_heads} does not divide hidden_size {size.hidden_size}")
+    positive = {("train", "batch_size"): recipe.train.batch_size, ("train", "grad_accum"): recipe.train.grad_accum,
+                ("train", "epochs"): recipe.train.epochs, ("eval", "batch_size"): recipe.eval.batch_size,
+                ("model", "max_length"): recipe.model.max_length, ("train", "log_every"): recipe.train.log_every}
+    for path, value in positive.items():
+        if value < 1:
+            raise err(path, f"must be at least 1, got {value}")
+    if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
+        raise err(("train", "max_steps"), "must be at least 1")
+    if not 0 <= recipe.train.warmup_ratio < 1:
+        raise err(("train", "warmup_ratio"), "must be in [0, 1)")
+    if recipe.train.lr <= 0:
+        raise err(("train", "lr"), "must be positive")
+    if len(recipe.train.betas) != 2:
+        raise err(("train", "betas"), "expected two numbers")
+    if recipe.sampling.temperature <= 0:
+        raise err(("sampling", "temperature"), "must be positive")
+    if recipe.model.init == "random" and not recipe.model.tokenizer:
+        raise err(("model", "tokenizer"), "a randomly initialised encoder needs a tokenizer folder or name")
+    for name, task in recipe.tasks.items():
+        if task.batch_size is not None and task.batch_size < 1:
+            raise err(("tasks", name, "batch_size"), "must be at least 1")

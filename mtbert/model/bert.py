@@ -1,0 +1,361 @@
+"""A BERT encoder written out by hand, read top to bottom: config, embeddings, attention,
+feed-forward, layer, encoder, pooler, model.
+
+Every parameter name equals the key Hugging Face uses in a BERT checkpoint, so a converted
+Hugging Face state dict loads with ``load_state_dict`` and no renaming table. This module does no
+file I/O; reading and writing weights lives in ``mtbert.checkpoint``.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# --------------------------------------------------------------------------------------
+# Configuration
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+# Hugging Face's names for the activations BERT checkpoints use; "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "relu": F.relu,
+}
+
+
+@dataclass
+class BertConfig:
+    """Shape and regularisation of the encoder; field names follow Hugging Face's config.json."""
+
+    vocab_size: int = 30522
+    """Number of rows in the word embedding table."""
+    hidden_size: int = 768
+    """Width H of every token vector between layers."""
+    num_hidden_layers: int = 12
+    """Number of stacked transformer layers."""
+    num_attention_heads: int = 12
+    """Heads per attention block; must divide hidden_size."""
+    intermediate_size: int = 3072
+    """Width of the feed-forward block inside each layer."""
+    hidden_act: str = "gelu"
+    """Feed-forward activation: one of ACTIVATIONS."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings and on each sub-block's output before the residual add."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on the attention probabilities."""
+    max_position_embeddings: int = 512
+    """Longest sequence the learned position table covers."""
+    type_vocab_size: int = 2
+    """Number of segment (token type) ids."""
+    layer_norm_eps: float = 1e-12
+    """Epsilon inside every LayerNorm."""
+    pad_token_id: int = 0
+    """Token id of padding; its word embedding row starts at zero and receives no gradient."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal init of Linear and Embedding weights."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by "
+                f"num_attention_heads ({self.num_attention_heads})"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id ({self.pad_token_id}) must be a row of the vocabulary (vocab_size {self.vocab_size})"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> "BertConfig":
+        """Build from a Hugging Face config.json dict; keys this encoder does not use are ignored."""
+        # Only absolute positions are implemented; silently ignoring another scheme would load a
+        # checkpoint whose outputs are wrong.
+        position_type = config.get("position_embedding_type", "absolute")
+        if position_type != "absolute":
+            raise ValueError(f"position_embedding_type {position_type!r} is not supported; only 'absolute' is")
+        values = {}
+        for field in fields(cls):
+            if field.name in config:
+                values[field.name] = _checked_value(field.name, config[field.name])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A dict that Hugging Face accepts as a BERT config.json."""
+        return {"model_type": "bert", "architectures": ["BertModel"], **asdict(self)}
+
+
+def _checked_value(key: str, value: Any) -> Any:
+    expected = type(getattr(BertConfig, key))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    # bool is a subclass of int, but `"hidden_size": true` is a broken config, not a width of 1.
+    if isinstance(value, bool) or not isinstance(value, expected):
+        # ValueError, not TypeError: a bad config file is one kind of bad value for callers.
+        raise ValueError(f"config key {key!r} must be {expected.__name__}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------
+# Embeddings
+
+
+class BertEmbeddings(nn.Module):
+    """Word + learned position + token type embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        seq_len = input_ids.shape[1]
+        max_len = self.position_embeddings.num_embeddings
+        if seq_len > max_len:
+            raise ValueError(f"sequence length {seq_len} exceeds max_position_embeddings ({max_len})")
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        positions = torch.arange(seq_len, device=input_ids.device)  # (T,)
+        hidden = (
+            self.word_embeddings(input_ids)  # (B, T, H)
+            + self.token_type_embeddings(token_type_ids)  # (B, T, H)
+            + self.position_embeddings(positions)  # (T, H), broadcast over B
+        )
+        return self.dropout(self.LayerNorm(hidden))
+
+
+# --------------------------------------------------------------------------------------
+# Attention
+
+
+def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Turn a (B, T) 1/0 mask into the boolean (B, 1, 1, T) mask attention takes, True = attend.
+
+    None stays None: every token is real, and attention without a mask is cheaper.
+    """
+    if attention_mask is None:
+        return None
+    return (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, T)
+
+
+class BertSelfAttention(nn.Module):
+    """Multi-head scaled dot-product attention over the whole (unmasked) sequence."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.head_dim
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(config.hidden_size, config.hidden_size)
+        self.value = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        batch, seq_len, _ = x.shape
+        x = x.view(batch, seq_len, self.num_heads, self.head_dim)  # (B, T, nh, D)
+        return x.transpose(1, 2)  # (B, nh, T, D)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        batch, seq_len, width = hidden.shape
+        query = self._split_heads(self.query(hidden))  # (B, nh, T, D)
+        key = self._split_heads(self.key(hidden))  # (B, nh, T, D)
+        value = self._split_heads(self.value(hidden))  # (B, nh, T, D)
+        context = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            scale=1.0 / math.sqrt(self.head_dim),
+        )  # (B, nh, T, D)
+        context = context.transpose(1, 2)  # (B, T, nh, D)
+        return context.reshape(batch, seq_len, width)  # (B, T, H)
+
+
+class BertSelfOutput(nn.Module):
+    """Projection of the attention result, dropout, then residual add and LayerNorm (post-LN)."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(context)) + residual)
+
+
+class BertAttention(nn.Module):
+    """Self-attention and its output block; the nesting mirrors the checkpoint key names."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.self = BertSelfAttention(config)
+        self.output = BertSelfOutput(config)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(hidden, mask), hidden)
+
+
+# --------------------------------------------------------------------------------------
+# Feed-forward
+
+
+class BertIntermediate(nn.Module):
+    """Widening projection H -> intermediate_size with the configured activation."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACTIVATIONS[config.hidden_act]
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.activation(self.dense(hidden))  # (B, T, I)
+
+
+class BertOutput(nn.Module):
+    """Narrowing projection back to H, dropout, then residual add and LayerNorm (post-LN).
+
+    Named as in Hugging Face's BERT; the model's return value is ``BertModelOutput``.
+    """
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, widened: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(widened)) + residual)  # (B, T, H)
+
+
+# --------------------------------------------------------------------------------------
+# Layers and encoder
+
+
+class BertLayer(nn.Module):
+    """One transformer layer: attention block then feed-forward block."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.attention = BertAttention(config)
+        self.intermediate = BertIntermediate(config)
+        self.output = BertOutput(config)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """hidden (B, T, H); mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H)."""
+        attended = self.attention(hidden, mask)
+        return self.output(self.intermediate(attended), attended)
+
+
+class BertEncoder(nn.Module):
+    """The stack of layers; callers that share a prefix of layers can call ``layer[i]`` alone."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """hidden (B, T, H); mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H)."""
+        for layer in self.layer:
+            hidden = layer(hidden, mask)
+        return hidden
+
+
+class BertPooler(nn.Module):
+    """Dense + tanh on the first ([CLS]) token, as in BERT's next-sentence pretraining."""
+
+    def __init__(self, config: BertConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, H)
+
+
+# --------------------------------------------------------------------------------------
+# Model
+
+
+class BertModelOutput(NamedTuple):
+    last_hidden_state: torch.Tensor
+    """(B, T, H) output of the last layer; positions where attention_mask is 0 are meaningless."""
+    pooler_output: torch.Tensor | None
+    """(B, H) pooled first token, or None for a model built without a pooler."""
+
+
+class BertModel(nn.Module):
+    """Embeddings, encoder and optional pooler.
+
+    ``forward`` is ``embed`` -> ``attention_mask_for`` -> ``encoder`` -> ``pooler``; each step is
+    public so a caller can run the embeddings once and any subset of ``encoder.layer`` after it.
+    """
+
+    def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = BertEncoder(config)
+        self.pooler = BertPooler(config) if add_pooling_layer else None
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None:
+                with torch.no_grad():
+                    module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    @staticmethod
+    def attention_mask_for(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, T) 1/0 mask -> boolean (B, 1, 1, T) mask for the layers; None stays None."""
+        return padding_mask(attention_mask)
+
+    def embed(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, T) token ids -> (B, T, H) input of the first layer."""
+        return self.embeddings(input_ids, token_type_ids)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> BertModelOutput:
+        hidden = self.embed(input_ids, token_type_ids)  # (B, T, H)
+        mask = self.attention_mask_for(attention_mask)  # (B, 1, 1, T) or None
+        hidden = self.encoder(hidden, mask)  # (B, T, H)
+        pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
+        return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, add_pooling_layer: bool = True) -> "BertModel":
+        """Load a Hugging Face BERT checkpoint (local folder or hub name), returned in eval mode."""
+        # Imported here so that this module stays free of file and network I/O.
+        from mtbert.checkpoint import load_encoder
+
+        return load_encoder(name_or_path, add_pooling_layer=add_pooling_layer)

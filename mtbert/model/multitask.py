@@ -1,0 +1,120 @@
+"""The multi-task model: one shared encoder, then per task a pooler and a head (composition only)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtbert.model.bert import BertConfig, BertModel
+from mtbert.model.heads import HeadSpec, build_head
+from mtbert.model.pooling import build_pooler
+
+SHARING_MODES = ("shared", "frozen")
+
+
+@dataclass
+class TaskHeadSpec:
+    """What the model needs to know about one task."""
+
+    kind: str
+    "classes, binary or regression."
+    num_outputs: int
+    "Logits per example (classes), else 1."
+    pooler: str = "cls"
+    "cls, cls_raw, mean or max."
+    encoding: str = "single"
+    "single (one sentence), cross ([CLS] a [SEP] b) or siamese (a and b encoded apart)."
+    siamese_regression: str = "features"
+    "Siamese regression: head on [u, v, |u-v|, u*v] (features), or scaled cosine (cosine)."
+    label_range: list[float] | None = None
+    "[low, high] of a regression score; scales the siamese cosine."
+    head: HeadSpec = field(default_factory=HeadSpec)
+    "The head's shape."
+
+
+@dataclass
+class MultiTaskConfig:
+    """Everything needed to rebuild the model's modules; stored with every exported model."""
+
+    encoder: BertConfig
+    tasks: dict[str, TaskHeadSpec]
+    sharing: str = "shared"
+
+    def to_dict(self) -> dict:
+        return {"encoder": dataclasses.asdict(self.encoder), "sharing": self.sharing,
+                "tasks": {name: dataclasses.asdict(spec) for name, spec in self.tasks.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MultiTaskConfig:
+        tasks = {}
+        for name, spec in data["tasks"].items():
+            spec = dict(spec)
+            spec["head"] = HeadSpec(**spec.get("head", {}))
+            tasks[name] = TaskHeadSpec(**spec)
+        return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=data.get("sharing", "shared"))
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, config: MultiTaskConfig, encoder: BertModel | None = None):
+        super().__init__()
+        if config.sharing not in SHARING_MODES:
+            raise ValueError(f"unknown sharing mode {config.sharing!r}; known: {', '.join(SHARING_MODES)}")
+        self.config = config
+        self.encoder = encoder if encoder is not None else BertModel(config.encoder)
+        hidden = config.encoder.hidden_size
+        self.poolers = nn.ModuleDict()
+        self.heads = nn.ModuleDict()
+        for name, spec in config.tasks.items():
+            pooler = build_pooler(spec.pooler)
+            if pooler is not None:
+                self.poolers[name] = pooler
+            if spec.encoding == "siamese" and spec.kind == "regression" and spec.siamese_regression == "cosine":
+                continue  # the score is the scaled cosine: no head
+            in_features = 4 * hidden if spec.encoding == "siamese" else hidden
+            self.heads[name] = build_head(spec.head, in_features, spec.num_outputs)
+        if config.sharing == "frozen":
+            self.encoder.requires_grad_(False)
+
+    def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         token_type_ids: torch.Tensor) -> torch.Tensor:
+        """Encode and pool: (B, T) ids -> (B, H)."""
+        out = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        if self.config.tasks[task].pooler == "cls":
+            return self.encoder.pooler(out.last_hidden_state)
+        return self.poolers[task](out.last_hidden_state, attention_mask)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits (B, C) for classes, else one value per example (B,)."""
+        spec = self.config.tasks[task]
+        if spec.encoding != "siamese":
+            pooled = self.sentence_vectors(task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+            return self._squeeze(spec, self.heads[task](pooled))
+        u, v = self._siamese_vectors(task, batch)
+        if spec.kind == "regression" and spec.siamese_regression == "cosine":
+            low, high = spec.label_range
+            return low + (high - low) * F.cosine_similarity(u, v, dim=-1)
+        features = torch.cat([u, v, (u - v).abs(), u * v], dim=-1)  # (B, 4H)
+        return self._squeeze(spec, self.heads[task](features))
+
+    def _siamese_vectors(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both sentences of each pair through the encoder in one pass: (2B, T) in, two (B, H) out."""
+        a, b = batch["input_ids"], batch["input_ids_b"]
+        length = max(a.shape[1], b.shape[1])
+
+        def stack(key: str) -> torch.Tensor:
+            x, y = batch[key], batch[f"{key}_b"]
+            return torch.cat([F.pad(x, (0, length - x.shape[1])), F.pad(y, (0, length - y.shape[1]))])  # (2B, T)
+
+        pad_id = self.config.encoder.pad_token_id
+        ids = torch.cat([F.pad(a, (0, length - a.shape[1]), value=pad_id),
+                         F.pad(b, (0, length - b.shape[1]), value=pad_id)])  # (2B, T)
+        vectors = self.sentence_vectors(task, ids, stack("attention_mask"), stack("token_type_ids"))  # (2B, H)
+        return vectors[: a.shape[0]], vectors[a.shape[0]:]
+
+    @staticmethod
+    def _squeeze(spec: TaskHeadSpec, out: torch.Tensor) -> torch.Tensor:
+        return out if spec.kind == "classes" else out.squeeze(-1)

@@ -1,0 +1,134 @@
+"""`mtbert predict`: labels or scores for new sentences, or for a whole split (submission files)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TextIO
+
+import datasets
+
+from mtbert import checkpoint
+from mtbert.data.encoding import tokenize_split
+from mtbert.data.loading import load_split
+from mtbert.data.reading import SplitData
+from mtbert.errors import MtbertError
+from mtbert.evaluation import default_device
+from mtbert.inference import TaskPredictions, eval_loader, run_inference
+from mtbert.tasks import SUBMISSION_FILES, Task
+
+
+def parse_lines(lines: Iterable[str], task: Task, source: str) -> datasets.Dataset:
+    """One example per non-empty line; a pair task takes two tab-separated sentences."""
+    a, b = [], []
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip("\n").rstrip("\r")
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if task.is_pair and len(parts) != 2:
+            raise MtbertError(f"{source}:{number}: task {task.name} takes a sentence pair: two sentences "
+                              f"separated by a tab, got {len(parts)} field(s)")
+        if not task.is_pair and len(parts) != 1:
+            raise MtbertError(f"{source}:{number}: task {task.name} takes one sentence per line, got a tab")
+        a.append(parts[0].strip())
+        b.append(parts[1].strip() if task.is_pair else "")
+    if not a:
+        raise MtbertError(f"{source}: no sentences to predict")
+    columns = {"id": [str(i) for i in range(len(a))], "text_a": a}
+    if task.is_pair:
+        columns["text_b"] = b
+    return datasets.Dataset.from_dict(columns)
+
+
+def label_name(task: Task, index: int) -> str:
+    return task.label_names[index] if task.label_names else str(index)
+
+
+def records(task: Task, texts: list[list[str]], result: TaskPredictions) -> list[dict]:
+    out = []
+    for i, pred in enumerate(result.predictions):
+        record = {"input": texts[i] if task.is_pair else texts[i][0]}
+        if task.kind == "regression":
+            record["score"] = round(float(pred), 6)
+        else:
+            record["label"] = label_name(task, int(pred))
+            record["probabilities"] = {label_name(task, c): round(float(p), 6)
+                                       for c, p in enumerate(result.probabilities[i])}
+        out.append(record)
+    return out
+
+
+def write_records(rows: list[dict], task: Task, out: TextIO, fmt: str) -> None:
+    if fmt == "jsonl":
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        return
+    if task.kind == "regression":
+        out.write("score\n")
+        out.writelines(f"{row['score']}\n" for row in rows)
+        return
+    names = [label_name(task, c) for c in range(task.num_labels)]
+    out.write("label\t" + "\t".join(f"p_{n}" for n in names) + "\n")
+    for row in rows:
+        out.write(row["label"] + "\t" + "\t".join(f"{row['probabilities'][n]:.6f}" for n in names) + "\n")
+
+
+def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source: str, out: TextIO,
+                  fmt: str = "tsv", batch_size: int = 128) -> int:
+    loaded = checkpoint.load_model(ckpt)
+    task = _task(loaded.tasks, task_name)
+    dataset = parse_lines(lines, task, source)
+    split = SplitData(dataset, source, labelled=False, fingerprint="")
+    tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
+                               progress=False)
+    device = default_device()
+    result = run_inference(loaded.model.to(device), task, eval_loader(tokenized, batch_size,
+                                                                      loaded.tokenizer.pad_token_id or 0),
+                           device=device)
+    texts = [[a, b] for a, b in zip(dataset["text_a"], dataset["text_b"])] if task.is_pair \
+        else [[a] for a in dataset["text_a"]]
+    write_records(records(task, texts, result), task, out, fmt)
+    return len(texts)
+
+
+def predict_split(ckpt: str | Path, task_name: str, split: str, output: Path | None, data_dir: str | None = None,
+                  batch_size: int = 128) -> Path:
+    """Predict every example of a split and write `id<TAB>prediction` (cs224n submission names for sst,
+    quora and sts)."""
+    loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
+    task = _task(loaded.tasks, task_name)
+    data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer, loaded.recipe.model.max_length)
+    device = default_device()
+    result = run_inference(loaded.model.to(device), task,
+                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0),
+                           device=device, progress=True)
+    file_name, column = SUBMISSION_FILES.get(task.name, (f"{task.name}-{split}-output.tsv", "Predicted"))
+    if split != "test":
+        file_name = file_name.replace("-test-", f"-{split}-")
+    path = output if output is not None else Path(file_name)
+    if path.is_dir():
+        path = path / file_name
+    values = [f"{float(p):.4f}" if task.kind == "regression" else label_name(task, int(p))
+              for p in result.predictions]
+    text = f"id\t{column}\n" + "".join(f"{i}\t{v}\n" for i, v in zip(data.dataset["id"], values))
+    checkpoint.write_text_atomically(path, text)
+    return path
+
+
+def _task(tasks: dict[str, Task], name: str) -> Task:
+    if name not in tasks:
+        raise MtbertError(f"task {name!r} is not in this checkpoint; it has {', '.join(tasks)}")
+    return tasks[name]
+
+
+def read_input(path: Path | None) -> tuple[Iterable[str], str]:
+    if path is None:
+        if sys.stdin.isatty():
+            raise MtbertError("no input: pass --input FILE, or pipe sentences in (one per line)")
+        return sys.stdin, "<stdin>"
+    if not path.is_file():
+        raise MtbertError(f"{path}: input file not found")
+    return path.open(encoding="utf-8"), str(path)

@@ -1,0 +1,42 @@
+"""`mtbert validate`: resolve a recipe and read every split of its data, without training."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from mtbert.config import Recipe
+from mtbert.data.loading import load_tokenizer
+from mtbert.data.reading import read_split, split_path
+from mtbert.errors import MtbertError
+from mtbert.tasks import SPLITS, resolve_tasks
+
+
+def validate_recipe(recipe: Recipe) -> str:
+    """A summary of what the recipe will train on; raises MtbertError on the first problem."""
+    tasks = resolve_tasks(recipe)
+    init = recipe.model.init
+    if init != "random" and ("/" in init or init.startswith(".")) and not Path(init).exists():
+        raise MtbertError(f"model.init: folder {init} not found")
+    tokenizer = load_tokenizer(recipe.model.tokenizer or init)
+    lines = [f"recipe {recipe.name}: {len(tasks)} task(s), data_dir {recipe.data_dir}, model {init}, "
+             f"tokenizer {type(tokenizer).__name__} ({len(tokenizer)} tokens)"]
+    for name, task in tasks.items():
+        lines.append(f"- {name}: {task.kind}" + (f" ({task.num_labels} labels)" if task.kind != "regression" else "")
+                     + f", {'pair' if task.is_pair else 'single sentence'}, main score {'+'.join(task.main_metric)}")
+        for split in SPLITS:
+            path = split_path(task, split, recipe.data_dir)
+            if split == "test" and (path is None or not path.exists()):
+                continue
+            data = read_split(task, split, recipe.data_dir)
+            detail = f"{len(data.dataset):,} examples from {data.source}"
+            if data.labelled and task.kind != "regression":
+                counts = Counter(data.dataset["label"])
+                detail += ", labels " + " ".join(f"{k}:{counts[k]}" for k in sorted(counts))
+            elif not data.labelled:
+                detail += ", unlabelled"
+            lines.append(f"    {split}: {detail}")
+            if data.skip_report():
+                lines.append(f"    note: {data.skip_report()}")
+    lines.append("ok")
+    return "\n".join(lines)
