@@ -21,12 +21,11 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory) -> Path:
-    from transformers import BertTokenizerFast
+    from mtbert.data.synthetic import save_tokenizer
 
     folder = tmp_path_factory.mktemp("tokenizer")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "?", ",", "."]
-    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True).save_pretrained(folder)
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, "?", ",", "."]
+    save_tokenizer({token: i for i, token in enumerate(tokens)}, folder)
     return folder
 
 

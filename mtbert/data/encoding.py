@@ -27,7 +27,15 @@ def cache_dir() -> Path:
 
 def tokenizer_fingerprint(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    if backend is None:
+        definition = json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    else:
+        # Calling the tokenizer switches truncation/padding on inside its backend; they are per-call
+        # settings, not part of what the tokenizer is, so they must not change the key.
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        definition = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(definition.encode("utf-8")).hexdigest()[:16]
 
 

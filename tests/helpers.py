@@ -1,0 +1,44 @@
+"""Small recipes over data the tests write, shared by the train, checkpoint and CLI tests."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import yaml
+
+from conftest import sentence, write_cs224n
+
+
+def learnable_sst(root: Path, n_train: int = 256, n_dev: int = 64) -> None:
+    """sst files whose label is 4 when 'great' appears and 0 otherwise: learnable in a few dozen steps."""
+    rng = random.Random(1)
+    folder = root / "cs224n"
+    for split, n in (("train", n_train), ("dev", n_dev)):
+        rows = ["\tid\tsentence\tsentiment"]
+        for i in range(n):
+            positive = i % 2 == 0
+            words = sentence(rng).replace("great", "fine").split()
+            words.insert(rng.randrange(len(words) + 1), "great" if positive else "awful")
+            rows.append(f"{i}\t{split}{i}\t{' '.join(words)}\t{4 if positive else 0}")
+        (folder / f"ids-sst-{split}.csv").write_text("\n".join(rows) + "\n")
+
+
+def write_recipe(tmp_path: Path, tokenizer_dir: Path, *, tasks: dict | None = None, train: dict | None = None,
+                 **top) -> Path:
+    data_dir = tmp_path / "data"
+    if not (data_dir / "cs224n").exists():
+        write_cs224n(data_dir)
+        learnable_sst(data_dir)
+    recipe = {
+        "name": "test", "seed": 0, "data_dir": str(data_dir), "output_dir": str(tmp_path / "ckpt"),
+        "model": {"init": "random", "tokenizer": str(tokenizer_dir), "max_length": 32,
+                  "size": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64}},
+        "tasks": tasks if tasks is not None else {"sst": {}, "quora": {}, "sts": {"pair_encoding": "siamese"}},
+        "train": {"epochs": 1, "batch_size": 16, "lr": 3.0e-3, "warmup_ratio": 0.0, "log_every": 5,
+                  **(train or {})},
+        **top,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text("# mtbert train recipe.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
+    return path

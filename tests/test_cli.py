@@ -1,0 +1,111 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from helpers import write_recipe
+from mtbert import __version__
+from mtbert.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args, input=None):
+    return runner.invoke(app, [str(a) for a in args], input=input)
+
+
+def test_version_and_help_show_examples():
+    assert invoke("--version").output.strip() == f"mtbert {__version__}"
+    for command in ("train", "evaluate", "predict", "validate", "make-data"):
+        result = invoke(command, "--help")
+        assert result.exit_code == 0 and "Example:" in result.output, command
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tokenizer_dir):
+    tmp = tmp_path_factory.mktemp("cli")
+    recipe = write_recipe(tmp, tokenizer_dir)
+    result = invoke("train", recipe, "train.max_steps=6")
+    assert result.exit_code == 0, result.output
+    return tmp, recipe
+
+
+def test_evaluate_prints_table_and_writes_json(trained):
+    tmp, _ = trained
+    result = invoke("evaluate", tmp / "ckpt", "--tasks", "sst,sts", "--output", tmp / "dev.json")
+    assert result.exit_code == 0, result.output
+    assert "overall" in result.output and "pearson" in result.output
+    scores = json.loads((tmp / "dev.json").read_text())
+    assert set(scores) == {"sst", "sts", "overall"} and "accuracy" in scores["sst"]
+
+
+def test_predict_from_stdin_tsv_and_jsonl(trained, tmp_path):
+    tmp, _ = trained
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "sst", input="the film was good\nawful plot\n")
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0] == "label\tp_0\tp_1\tp_2\tp_3\tp_4" and len(lines) == 3
+    assert abs(sum(float(p) for p in lines[1].split("\t")[1:]) - 1) < 1e-4
+    (tmp_path / "pairs.txt").write_text("the dog runs\tthe cat runs\n")
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "sts", "--input", tmp_path / "pairs.txt",
+                    "--format", "jsonl", "--output", tmp_path / "out.jsonl")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert record["input"] == ["the dog runs", "the cat runs"] and isinstance(record["score"], float)
+
+
+def test_predict_test_split_writes_submission_file(trained, tmp_path):
+    tmp, _ = trained
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "sst", "--split", "test", "--output", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = (tmp_path / "sst-test-output.csv").read_text().splitlines()
+    assert lines[0] == "id\tPredicted_Sentiment" and len(lines) == 41
+    assert lines[1].split("\t")[0] == "stest0" and lines[1].split("\t")[1] in "01234"
+
+
+def test_validate(trained):
+    _, recipe = trained
+    result = invoke("validate", recipe)
+    assert result.exit_code == 0, result.output
+    assert "sst: classes (5 labels)" in result.output and result.output.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "missing.yaml"], "missing.yaml: recipe file not found"),
+    (["evaluate", "no_such_ckpt"], "no_such_ckpt: checkpoint folder not found"),
+    (["predict", "--task", "sst", "--ckpt", "no_such_ckpt"], "no input"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    result = invoke(*args, input="" if args[0] != "predict" else None)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_bad_recipe_key_and_bad_pair_input(trained, tmp_path):
+    tmp, recipe = trained
+    result = invoke("train", recipe, "train.learning_rate=1")
+    assert result.exit_code == 2 and "did you mean" in result.output
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "sts", input="only one sentence\n")
+    assert result.exit_code == 2 and "<stdin>:1: task sts takes a sentence pair" in result.output
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "nope", input="x\n")
+    assert result.exit_code == 2 and "not in this checkpoint" in result.output
+
+
+def test_bad_data_leaves_previous_output_untouched(trained, tmp_path):
+    tmp, recipe = trained
+    before = (tmp / "ckpt" / "model.safetensors").read_bytes()
+    bad = tmp / "data" / "cs224n" / "sts-train.csv"
+    original = bad.read_text()
+    bad.write_text(original + "999\tbad\tx\ty\t9.5\n")
+    try:
+        result = invoke("train", recipe)
+    finally:
+        bad.write_text(original)
+    assert result.exit_code == 2 and "outside [0.0, 5.0]" in result.output
+    assert (tmp / "ckpt" / "model.safetensors").read_bytes() == before
+
+
+def test_make_data_refuses_a_foreign_folder(tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    result = invoke("make-data", "quickstart", "--out", tmp_path)
+    assert result.exit_code == 2 and (tmp_path / "mine.txt").read_text() == "keep me"
