@@ -233,12 +233,21 @@ class _Source:
 
     file: str
     lines: dict[tuple[str, ...], int]
+    overridden: frozenset[tuple[str, ...]] = frozenset()
 
     def where(self, path: tuple[str, ...]) -> str:
+        if any(path[:n] in self.overridden for n in range(1, len(path) + 1)):
+            return "command-line override"
         while path and path not in self.lines:
             path = path[:-1]
         line = self.lines.get(path)
         return f"{self.file}:{line}" if line else self.file
+
+
+# Names other trainers use for the same settings, so a user coming from them is pointed the right way.
+ALIASES = {"learning_rate": "lr", "num_epochs": "epochs", "num_train_epochs": "epochs",
+           "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip", "warmup": "warmup_ratio",
+           "per_device_train_batch_size": "batch_size", "bs": "batch_size", "steps": "max_steps"}
 
 
 def load_recipe(path: str | Path, overrides: list[str] = (), data_dir: str | None = None) -> Recipe:
@@ -266,8 +275,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), data_dir: str | Non
     env_dir = os.environ.get("MTBERT_DATA_DIR")
     if data_dir or env_dir:
         raw["data_dir"] = data_dir or env_dir
-    recipe = parse_recipe(raw, _Source(str(path), lines))
-    return recipe
+    overridden = frozenset(tuple(item.partition("=")[0].split(".")) for item in overrides)
+    return parse_recipe(raw, _Source(str(path), lines, overridden))
 
 
 def parse_recipe(raw: dict, source: _Source | None = None) -> Recipe:
@@ -345,7 +354,7 @@ def _build(cls: type, raw: Any, path: tuple[str, ...], source: _Source) -> Any:
     for key, value in raw.items():
         key = str(key)
         if key not in hints:
-            near = difflib.get_close_matches(key, names, n=1)
+            near = [ALIASES[key]] if ALIASES.get(key) in names else difflib.get_close_matches(key, names, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else f"; valid keys: {', '.join(names)}"
             dotted = ".".join(path + (key,))
             raise MtbertError(f"{source.where(path + (key,))}: unknown key '{dotted}'{hint}")

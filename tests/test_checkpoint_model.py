@@ -2,13 +2,14 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from helpers import write_recipe
 from mtbert.checkpoint import export_model, load_model
 from mtbert.config import dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
 from mtbert.errors import MtbertError
 from mtbert.tasks import resolve_tasks
 from mtbert.train import build_model
+
+from helpers import write_recipe
 
 
 @pytest.fixture

@@ -3,9 +3,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from helpers import write_recipe
 from mtbert import __version__
 from mtbert.cli import app
+
+from helpers import write_recipe
 
 runner = CliRunner()
 
@@ -73,10 +74,10 @@ def test_validate(trained):
 @pytest.mark.parametrize("args,message", [
     (["train", "missing.yaml"], "missing.yaml: recipe file not found"),
     (["evaluate", "no_such_ckpt"], "no_such_ckpt: checkpoint folder not found"),
-    (["predict", "--task", "sst", "--ckpt", "no_such_ckpt"], "no input"),
+    (["predict", "--task", "sst", "--ckpt", "no_such_ckpt"], "no_such_ckpt: checkpoint folder not found"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
-    result = invoke(*args, input="" if args[0] != "predict" else None)
+    result = invoke(*args, input="")
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
 
@@ -89,6 +90,8 @@ def test_bad_recipe_key_and_bad_pair_input(trained, tmp_path):
     assert result.exit_code == 2 and "<stdin>:1: task sts takes a sentence pair" in result.output
     result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "nope", input="x\n")
     assert result.exit_code == 2 and "not in this checkpoint" in result.output
+    result = invoke("predict", "--ckpt", tmp / "ckpt", "--task", "sst", input="\n\n")
+    assert result.exit_code == 2 and "no sentences to predict" in result.output
 
 
 def test_bad_data_leaves_previous_output_untouched(trained, tmp_path):

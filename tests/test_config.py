@@ -45,8 +45,11 @@ def test_unknown_key_names_line_and_nearest(tmp_path):
 
 
 def test_unknown_override_key_suggests(tmp_path):
-    with pytest.raises(MtbertError, match="did you mean 'warmup_ratio'"):
+    with pytest.raises(MtbertError, match="^command-line override: unknown key 'train.warmup_ratoi'; did you "
+                                          "mean 'warmup_ratio'"):
         load_recipe(write(tmp_path), ["train.warmup_ratoi=0.2"])
+    with pytest.raises(MtbertError, match="did you mean 'lr'"):
+        load_recipe(write(tmp_path), ["train.learning_rate=0.2"])
 
 
 def test_wrong_type_names_line(tmp_path):

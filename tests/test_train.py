@@ -3,9 +3,10 @@ import json
 import pytest
 import torch
 
-from helpers import write_recipe
 from mtbert.config import load_recipe
 from mtbert.train import linear_schedule, optimizer_groups, train
+
+from helpers import write_recipe
 
 
 def test_trains_evaluates_and_exports(tmp_path, tokenizer_dir):

@@ -85,7 +85,8 @@ def test_cola_headerless_and_mrpc_bom(tmp_path):
 def test_label_names_map_text_labels(tmp_path):
     folder = tmp_path / "glue" / "RTE"
     folder.mkdir(parents=True)
-    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tnot_entailment\n1\tc\td\tentailment\n")
+    (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n"
+                                    "0\ta\tb\tnot_entailment\n1\tc\td\tentailment\n")
     assert read_split(task("rte"), "dev", tmp_path).dataset["label"] == [1, 0]
     (folder / "dev.tsv").write_text("index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n")
     with pytest.raises(MtbertError, match=r"dev.tsv:2: label 'maybe' of task rte is not one of"):
