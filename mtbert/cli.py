@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
 import os
 import sys
@@ -81,14 +82,13 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
 
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json
     """
+    from mtbert.checkpoint import write_text_atomically
     from mtbert.evaluation import evaluate_checkpoint, format_table
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
     typer.echo(format_table(results))
     target = output or Path(ckpt) / f"eval-{split}.json"
-    from mtbert.checkpoint import write_text_atomically
-
     write_text_atomically(target, json.dumps(results, indent=2) + "\n")
     typer.echo(f"wrote {target}")
 
@@ -111,6 +111,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
     """
+    from mtbert.checkpoint import write_text_atomically
     from mtbert.prediction import predict_lines, predict_split, read_input
 
     if format not in ("tsv", "jsonl"):
@@ -123,11 +124,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     if output is None:
         predict_lines(ckpt, task, lines, source, sys.stdout, format, batch_size)
         return
-    import io
-
-    from mtbert.checkpoint import write_text_atomically
-
-    buffer = io.StringIO()
+    buffer = io.StringIO()  # written in one go, so a failure half-way leaves no partial file
     count = predict_lines(ckpt, task, lines, source, buffer, format, batch_size)
     write_text_atomically(output, buffer.getvalue())
     typer.echo(f"wrote {count} predictions to {output}", err=True)

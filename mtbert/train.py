@@ -125,7 +125,7 @@ class RunData:
     dev: dict
 
 
-def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None, *, need_train: bool = True) -> RunData:
+def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> RunData:
     """Tokenizer and tokenised train/dev splits for every task; problems surface before any training."""
     say = accelerator.print if accelerator else print
     tasks = resolve_tasks(recipe)
@@ -134,8 +134,6 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None, *, nee
     progress = accelerator is None or accelerator.is_local_main_process
     for name, task in tasks.items():
         for split, store in (("train", train), ("dev", dev)):
-            if split == "train" and not need_train:
-                continue
             data, tokenized = load_split(task, split, recipe.data_dir, tokenizer, recipe.model.max_length,
                                          report=say, progress=progress)
             require_labels(data, task, split)

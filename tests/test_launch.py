@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from helpers import write_recipe
 from mtbert import __version__
+
+from helpers import write_recipe
 
 
 def run(args, **kw):
