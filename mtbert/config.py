@@ -71,9 +71,11 @@ class HeadConfig:
     hidden_size: int | None = None
     "Width of the mlp's hidden layers; defaults to the encoder's hidden size."
     activation: Literal["gelu", "relu", "tanh"] = "gelu"
-    "Activation between mlp layers."
+    "Activation between mlp layers (style act_dropout; the other styles fix their own)."
     dropout: float = 0.1
     "Dropout on the pooled vector and between mlp layers."
+    style: Literal["act_dropout", "ln_dropout_relu", "gelu_dropout"] = "act_dropout"
+    "Each mlp hidden layer: act_dropout (Linear, activation, Dropout), ln_dropout_relu or gelu_dropout."
 
 
 @dataclass
@@ -127,8 +129,8 @@ class TaskConfig:
     "The metric(s) whose mean is the task's main score."
     hub: HubConfig | None = None
     "Hub fallback when the task's local folder does not exist."
-    pooler: Literal["cls", "cls_raw", "mean", "max"] = "cls"
-    "How token vectors become one vector: cls (BERT pooler), cls_raw, mean or max."
+    pooler: Literal["cls", "cls_raw", "mean", "max", "mean_max", "swap", "stochastic"] = "cls"
+    "How token vectors become one vector: cls (BERT pooler), cls_raw, mean, max, mean_max, swap or stochastic."
     pair_encoding: Literal["cross", "siamese"] = "cross"
     "Sentence pairs: cross ([CLS] a [SEP] b) or siamese (each sentence alone, then combined)."
     siamese_regression: Literal["features", "cosine"] = "features"
@@ -169,6 +171,8 @@ class TrainConfig:
     "Default examples per batch and process for every task."
     grad_accum: int = 1
     "Batches whose gradients are summed before one optimizer step."
+    optimizer: Literal["adamw", "mtbert_adamw"] = "adamw"
+    "adamw (torch.optim.AdamW) or mtbert_adamw (the project's own, mtbert/optim.py)."
     lr: float = 5e-5
     "Peak learning rate."
     weight_decay: float = 0.01

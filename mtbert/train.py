@@ -32,6 +32,7 @@ from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.objectives.losses import LOSSES
+from mtbert.optim import build_optimizer
 from mtbert.tasks import Task, resolve_tasks
 
 # ---------------------------------------------------------------------------------------------
@@ -44,7 +45,7 @@ def head_spec(task: Task) -> TaskHeadSpec:
     return TaskHeadSpec(kind=task.kind, num_outputs=task.num_outputs, pooler=task.pooler, encoding=encoding,
                         siamese_regression=task.siamese_regression, label_range=task.label_range,
                         head=HeadSpec(type=head.type, layers=head.layers, hidden_size=head.hidden_size,
-                                      activation=head.activation, dropout=head.dropout))
+                                      activation=head.activation, dropout=head.dropout, style=head.style))
 
 
 def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
@@ -170,8 +171,8 @@ def train(recipe: Recipe) -> dict:
     accelerator.print(f"tasks: {', '.join(tasks)} | sampling {recipe.sampling.strategy} | "
                       f"{steps_per_epoch} steps per epoch | {steps} steps | eval every {eval_every} steps")
 
-    optimizer = torch.optim.AdamW(optimizer_groups(model, recipe.train.weight_decay), lr=recipe.train.lr,
-                                  betas=tuple(recipe.train.betas), eps=recipe.train.eps)
+    optimizer = build_optimizer(recipe.train.optimizer, optimizer_groups(model, recipe.train.weight_decay),
+                                lr=recipe.train.lr, betas=recipe.train.betas, eps=recipe.train.eps)
     # Stepped by hand once per optimizer step: the schedule is counted in optimizer steps whatever the
     # number of processes, so it is not handed to accelerator.prepare (which would step it per process).
     scheduler = linear_schedule(optimizer, int(recipe.train.warmup_ratio * steps), steps)

@@ -25,7 +25,7 @@ class TaskHeadSpec:
     num_outputs: int
     "Logits per example (classes), else 1."
     pooler: str = "cls"
-    "cls, cls_raw, mean or max."
+    "A name from pooling.POOLER_NAMES (cls, cls_raw, mean, max, mean_max, swap, stochastic)."
     encoding: str = "single"
     "single (one sentence), cross ([CLS] a [SEP] b) or siamese (a and b encoded apart)."
     siamese_regression: str = "features"
@@ -69,7 +69,7 @@ class MultiTaskModel(nn.Module):
         self.poolers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for name, spec in config.tasks.items():
-            pooler = build_pooler(spec.pooler)
+            pooler = build_pooler(spec.pooler, hidden)
             if pooler is not None:
                 self.poolers[name] = pooler
             if spec.encoding == "siamese" and spec.kind == "regression" and spec.siamese_regression == "cosine":
