@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping
@@ -331,3 +332,128 @@ def load_model(folder: str | os.PathLike[str], data_dir: str | None = None) -> L
         raise MtbertError(f"{folder}: the tokenizer files are missing (tokenizer.json / vocab.txt)")
     tokenizer = load_tokenizer(str(folder))
     return LoadedModel(model, tokenizer, recipe, resolve_tasks(recipe), json.loads(metadata.get("metrics", "{}")))
+
+
+# ---------------------------------------------------------------------------------------------
+# Export to Hugging Face format
+#
+# `mtbert export` turns one task of an exported multi-task model into a folder that plain
+# transformers loads: the encoder alone (AutoModel -> BertModel), or with --with-head a
+# BertForSequenceClassification whose logits give mtbert's predictions. The folder is staged beside
+# its target and renamed into place, so a failed export never leaves half a folder behind.
+
+EXPORT_MARKER = ".mtbert-export.json"
+_SEQUENCE_CLASSIFICATION = "BertForSequenceClassification"
+
+
+def encoder_for(model: MultiTaskModel, task: str) -> BertModel:
+    """The encoder `task` runs on. Every task shares model.encoder today; a per-task encoder plugs in here."""
+    return model.encoder
+
+
+def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str], with_head: bool = False,
+              push_to_hub: str | None = None) -> Path:
+    """Write `task`'s encoder (and with_head, its classifier) from an mtbert model as a Hugging Face folder."""
+    loaded = load_model(ckpt)
+    model = loaded.model
+    if task not in model.config.tasks:
+        raise MtbertError(f"task {task!r} is not in this checkpoint ({ckpt}); its tasks: "
+                          f"{', '.join(model.config.tasks)}")
+    target = Path(to)
+    _check_export_target(target)
+    encoder = encoder_for(model, task)
+    if with_head:
+        label_names = loaded.tasks[task].label_names if task in loaded.tasks else None
+        config, tensors = _sequence_classification(model, task, encoder, label_names)
+    marker = {"source": str(Path(ckpt).resolve()), "task": task, "with_head": with_head}
+
+    def write(folder: Path) -> None:
+        if with_head:
+            _write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+            write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        else:
+            save_encoder(encoder, folder)
+        loaded.tokenizer.save_pretrained(str(folder))
+        write_text_atomically(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
+
+    _write_folder_atomically(target, write)
+    if push_to_hub:
+        _push_to_hub(target, push_to_hub)
+    return target
+
+
+def _check_export_target(target: Path) -> None:
+    if target.exists() and not target.is_dir():
+        raise MtbertError(f"{target}: exists and is not a folder")
+    if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
+        raise MtbertError(f"{target}: folder is not empty and was not written by mtbert export; "
+                          f"choose a new or empty folder")
+
+
+def _sequence_classification(model: MultiTaskModel, task: str, encoder: BertModel,
+                             label_names: list[str] | None) -> tuple[dict, dict[str, torch.Tensor]]:
+    """config.json and weights of a BertForSequenceClassification computing the task's head."""
+    spec = model.config.tasks[task]
+    problems = []
+    if spec.encoding == "siamese":
+        problems.append("its siamese encoding (two sentences encoded apart) has no single-sequence form")
+    if spec.pooler != "cls":
+        problems.append(f"its pooler is {spec.pooler!r}, but BertForSequenceClassification pools with "
+                        f"BERT's pooler on [CLS] (pooler 'cls')")
+    if spec.head.type != "linear" or task not in model.heads:
+        problems.append(f"its head is {spec.head.type if task in model.heads else 'a scaled cosine'}, "
+                        f"but BertForSequenceClassification has one linear layer (head type 'linear')")
+    if problems:
+        raise MtbertError(f"task {task!r} cannot be exported --with-head as {_SEQUENCE_CLASSIFICATION}: "
+                          f"{'; '.join(problems)}. Export the encoder alone without --with-head")
+    linear = model.heads[task][-1]
+    weight, bias = linear.weight.detach().cpu(), linear.bias.detach().cpu()
+    if spec.kind == "binary":
+        # One logit z -> logits [0, z]: softmax gives [1 - sigmoid(z), sigmoid(z)], argmax is z > 0.
+        weight = torch.cat([torch.zeros_like(weight), weight])
+        bias = torch.cat([torch.zeros_like(bias), bias])
+    num_labels = weight.shape[0]
+    names = list(label_names) if label_names and len(label_names) == num_labels else None
+    id2label = {str(i): names[i] if names else f"LABEL_{i}" for i in range(num_labels)}
+    config = {**encoder.config.to_dict(), "architectures": [_SEQUENCE_CLASSIFICATION],
+              "num_labels": num_labels, "id2label": id2label,
+              "label2id": {label: int(i) for i, label in id2label.items()},
+              "problem_type": "regression" if spec.kind == "regression" else "single_label_classification",
+              "classifier_dropout": spec.head.dropout}
+    tensors = {f"bert.{key}": value.detach().cpu().contiguous() for key, value in encoder.state_dict().items()}
+    tensors["classifier.weight"] = weight.contiguous()
+    tensors["classifier.bias"] = bias.contiguous()
+    return config, tensors
+
+
+def _write_folder_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Fill a staging folder beside target, then rename it into place (replacing a previous export)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    try:
+        write(staging)
+        os.chmod(staging, 0o755)  # mkdtemp makes owner-only folders
+        if target.is_dir() and any(target.iterdir()):
+            old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+            os.replace(target, old)  # old is empty, so the rename may replace it
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(old, target)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)  # target is absent or an empty folder
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _push_to_hub(folder: Path, repo: str) -> None:
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi().upload_folder(repo_id=repo, folder_path=str(folder), ignore_patterns=[EXPORT_MARKER])
+    except Exception as error:  # noqa: BLE001 - network, auth and repo errors all mean the same to the user
+        raise MtbertError(f"{folder} was written, but pushing it to the hub repo {repo!r} failed "
+                          f"({type(error).__name__}: {_first_line(error)})") from error

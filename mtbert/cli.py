@@ -160,3 +160,23 @@ def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: qu
         raise MtbertError(f"unknown data set {name!r}; available: quickstart")
     summary = make_quickstart_data(out, seed=seed)
     typer.echo(f"wrote {out}: {json.dumps(summary)}")
+
+
+@app.command()
+@user_errors
+def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
+           task: Annotated[str, typer.Option(help="Task whose encoder (and head) to export.")],
+           to: Annotated[Path, typer.Option(help="Folder to write; a new or empty one, or a previous export.")],
+           with_head: Annotated[bool, typer.Option("--with-head", help="Write a BertForSequenceClassification "
+                                                                       "with the task's head, not the encoder "
+                                                                       "alone.")] = False,
+           push_to_hub: Annotated[Optional[str], typer.Option(help="Then upload the folder to this Hugging "
+                                                                   "Face hub repo.")] = None):
+    """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification).
+
+    Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
+    """
+    from mtbert.checkpoint import export_hf
+
+    folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
+    typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))
