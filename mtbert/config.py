@@ -95,6 +95,16 @@ class HubConfig:
 
 
 @dataclass
+class PromptConfig:
+    """A custom prompt template: the example becomes `[CLS] question [SEP] context [SEP]`."""
+
+    question: str
+    "The question asked of every example, e.g. `Does the first question paraphrase the second?`."
+    context: str
+    "The context, with {a} (first sentence) and {b} (second), e.g. `First sentence: {a} Second sentence: {b}`."
+
+
+@dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
     a custom task sets at least format, files, text_columns, label_column and kind."""
@@ -145,6 +155,8 @@ class TaskConfig:
     "At most this many training examples per epoch of this task (a fresh random subset each pass)."
     class_balanced: bool = False
     "Draw training examples with weights inverse to their label's frequency."
+    prompt: str | PromptConfig | None = None
+    "`builtin` for the task's built-in template, or {question, context} for a custom one; null: plain inputs."
 
 
 @dataclass
@@ -384,12 +396,15 @@ def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any
             if type(None) in options:
                 return None
             raise fail()
+        mapping_error = None
         for option in (o for o in options if o is not type(None)):
             try:
                 return _convert(option, value, path, source)
-            except MtbertError:
+            except MtbertError as e:
+                if isinstance(value, dict) and dataclasses.is_dataclass(option):
+                    mapping_error = e  # a mapping meant as this section: its own message says what is wrong
                 continue
-        raise fail()
+        raise mapping_error or fail()
     if origin is Literal:
         if value in typing.get_args(tp):
             return value

@@ -11,7 +11,8 @@ import dataclasses
 import difflib
 from dataclasses import dataclass
 
-from mtbert.config import HeadConfig, HubConfig, Recipe, TaskConfig
+from mtbert.config import HeadConfig, HubConfig, PromptConfig, Recipe, TaskConfig
+from mtbert.data.prompts import BUILTIN_PROMPTS, PromptTemplate, check_template
 from mtbert.errors import MtbertError
 from mtbert.metrics import METRICS
 
@@ -99,6 +100,8 @@ class Task:
     loss_weight: float
     max_train_examples: int | None
     class_balanced: bool
+    prompt: PromptTemplate | None = None
+    "Set: each example is encoded as [CLS] question [SEP] context [SEP] (see data/prompts.py)."
 
     @property
     def is_pair(self) -> bool:
@@ -156,6 +159,7 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         raise MtbertError(f"{where}: siamese_regression: cosine needs label_range to scale the cosine")
     if merged.pair_encoding == "siamese" and len(text_columns) != 2:
         raise MtbertError(f"{where}.pair_encoding: siamese needs a sentence pair (two text_columns)")
+    prompt = _prompt(name, merged, len(text_columns) == 2, where)
     return Task(
         name=name, format=merged.format,
         files={"train": merged.train_file, "dev": merged.dev_file, "test": merged.test_file},
@@ -164,7 +168,29 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         label_range=merged.label_range, metrics=list(metrics), main_metric=list(main), hub=merged.hub,
         pooler=merged.pooler, pair_encoding=merged.pair_encoding, siamese_regression=merged.siamese_regression,
         head=merged.head, batch_size=merged.batch_size or default_batch_size, loss_weight=merged.loss_weight,
-        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced)
+        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt)
+
+
+def _prompt(name: str, cfg: TaskConfig, is_pair: bool, where: str) -> PromptTemplate | None:
+    """The task's prompt template, checked against its number of sentences; None for plain inputs."""
+    if cfg.prompt is None:
+        return None
+    where = f"{where}.prompt"
+    if isinstance(cfg.prompt, PromptConfig):
+        template = PromptTemplate(question=cfg.prompt.question, context=cfg.prompt.context)
+    elif cfg.prompt == "builtin":
+        if name not in BUILTIN_PROMPTS:
+            raise MtbertError(f"{where}: task {name} has no built-in prompt (built-in prompts: "
+                              f"{', '.join(BUILTIN_PROMPTS)}); write one as {{question: ..., context: ...}}")
+        template = BUILTIN_PROMPTS[name]
+    else:
+        raise MtbertError(f"{where}: expected `builtin` or a mapping {{question: ..., context: ...}}, "
+                          f"got {cfg.prompt!r}")
+    if cfg.pair_encoding == "siamese":
+        raise MtbertError(f"{where}: a prompted task is encoded as one [CLS] question [SEP] context [SEP] "
+                          f"sequence, so it cannot use pair_encoding: siamese")
+    check_template(template, is_pair, where)
+    return template
 
 
 def _merge(name: str, cfg: TaskConfig) -> TaskConfig:

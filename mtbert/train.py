@@ -21,7 +21,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mtbert import checkpoint
-from mtbert.config import Recipe, dump_recipe
+from mtbert.config import PromptConfig, Recipe, dump_recipe
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.sampling import TaskSampler, total_steps
 from mtbert.data.streams import TaskStream
@@ -40,7 +40,7 @@ from mtbert.tasks import Task, resolve_tasks
 
 
 def head_spec(task: Task) -> TaskHeadSpec:
-    encoding = "single" if not task.is_pair else task.pair_encoding
+    encoding = "cross" if task.prompt is not None else "single" if not task.is_pair else task.pair_encoding
     head = task.head
     return TaskHeadSpec(kind=task.kind, num_outputs=task.num_outputs, pooler=task.pooler, encoding=encoding,
                         siamese_regression=task.siamese_regression, label_range=task.label_range,
@@ -226,13 +226,24 @@ def train(recipe: Recipe) -> dict:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     checkpoint.export_model(accelerator.unwrap_model(model), tokenizer, output,
-                                            recipe=dump_recipe(recipe), metrics=best)
+                                            recipe=dump_recipe(stored_recipe(recipe, tasks)), metrics=best)
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
     accelerator.print(f"exported the {'best' if recipe.eval.keep_best else 'last'} model "
                       f"(step {best['step']}, overall {best['overall']:.4f}) to {output}")
     return best
+
+
+def stored_recipe(recipe: Recipe, tasks: dict[str, Task]) -> Recipe:
+    """The recipe as a checkpoint keeps it: `prompt: builtin` written out as its template, so a model
+    keeps predicting with the exact text it was trained on if a built-in template changes later."""
+    frozen = dataclasses.replace(recipe, tasks=dict(recipe.tasks))
+    for name, cfg in recipe.tasks.items():
+        if cfg.prompt == "builtin":
+            template = tasks[name].prompt
+            frozen.tasks[name] = dataclasses.replace(cfg, prompt=PromptConfig(template.question, template.context))
+    return frozen
 
 
 def evaluate_dev(model, tasks: dict[str, Task], loaders: dict, accelerator: Accelerator) -> dict:

@@ -23,7 +23,8 @@ def validate_recipe(recipe: Recipe) -> str:
              f"tokenizer {type(tokenizer).__name__} ({len(tokenizer)} tokens)"]
     for name, task in tasks.items():
         lines.append(f"- {name}: {task.kind}" + (f" ({task.num_labels} labels)" if task.kind != "regression" else "")
-                     + f", {'pair' if task.is_pair else 'single sentence'}, main score {'+'.join(task.main_metric)}")
+                     + f", {'pair' if task.is_pair else 'single sentence'}, main score {'+'.join(task.main_metric)}"
+                     + (f", prompt {task.prompt.question!r}" if task.prompt else ""))
         for split in SPLITS:
             path = split_path(task, split, recipe.data_dir)
             if split == "test" and (path is None or not path.exists()):

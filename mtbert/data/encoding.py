@@ -1,8 +1,9 @@
 """Tokenise a split once, through `datasets.map`, and cache the result on disk.
 
 The cache key covers everything the token ids depend on: the source file (path, size, modification
-time) or hub fingerprint, the tokenizer's full definition, the maximum length and the pair encoding.
-A changed file or tokenizer therefore never reuses stale ids.
+time) or hub fingerprint, the tokenizer's full definition, the maximum length, the pair encoding and,
+for a prompted task, the template's text. A changed file, tokenizer or template therefore never reuses
+stale ids.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import datasets
 
+from mtbert.data.prompts import render
 from mtbert.data.reading import SplitData
 from mtbert.tasks import Task
 
@@ -40,7 +42,10 @@ def tokenizer_fingerprint(tokenizer) -> str:
 
 
 def encoding_mode(task: Task) -> str:
-    """single: one sentence; cross: [CLS] a [SEP] b [SEP]; siamese: a and b encoded apart."""
+    """single: one sentence; cross: [CLS] a [SEP] b [SEP]; siamese: a and b encoded apart;
+    prompt: [CLS] question [SEP] context [SEP], rendered from the task's template."""
+    if task.prompt is not None:
+        return "prompt"
     if not task.is_pair:
         return "single"
     return task.pair_encoding
@@ -50,8 +55,10 @@ def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, 
                    progress: bool = True) -> datasets.Dataset:
     """Add input_ids/token_type_ids (and *_b for siamese pairs) to the split's examples."""
     mode = encoding_mode(task)
-    key = hashlib.sha256(json.dumps([CACHE_VERSION, split.fingerprint, tokenizer_fingerprint(tokenizer),
-                                     max_length, mode]).encode()).hexdigest()[:24]
+    parts = [CACHE_VERSION, split.fingerprint, tokenizer_fingerprint(tokenizer), max_length, mode]
+    if mode == "prompt":  # the template's text is part of the token ids
+        parts += [task.prompt.question, task.prompt.context]
+    key = hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:24]
     cache_file = None
     if use_cache:
         folder = cache_dir() / "tokenized"
@@ -59,6 +66,12 @@ def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, 
         cache_file = str(folder / f"{task.name}-{key}.arrow")
 
     def encode(batch: dict[str, list]) -> dict[str, list]:
+        if mode == "prompt":
+            texts_b = batch["text_b"] if "text_b" in batch else [""] * len(batch["text_a"])
+            rendered = [render(task.prompt, a, b) for a, b in zip(batch["text_a"], texts_b)]
+            enc = tokenizer([q for q, _ in rendered], [c for _, c in rendered], truncation=True,
+                            max_length=max_length, return_token_type_ids=True, return_attention_mask=False)
+            return {"input_ids": enc["input_ids"], "token_type_ids": enc["token_type_ids"]}
         if mode == "cross":
             enc = tokenizer(batch["text_a"], batch["text_b"], truncation=True, max_length=max_length,
                             return_token_type_ids=True, return_attention_mask=False)
