@@ -183,9 +183,10 @@ def train(recipe: Recipe) -> dict:
                    for name, ds in data.dev.items()}
 
     output = Path(recipe.output_dir)
+    recipe_text = dump_recipe(stored_recipe(recipe, tasks))
     log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process)
     best: dict | None = None
-    losses: dict[str, list[float]] = defaultdict(list)
+    losses: dict[str, list[torch.Tensor]] = defaultdict(list)
     tokens = 0
     started = time.perf_counter()
     bar = tqdm(total=steps, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -226,7 +227,7 @@ def train(recipe: Recipe) -> dict:
                 accelerator.wait_for_everyone()
                 if accelerator.is_main_process:
                     checkpoint.export_model(accelerator.unwrap_model(model), tokenizer, output,
-                                            recipe=dump_recipe(stored_recipe(recipe, tasks)), metrics=best)
+                                            recipe=recipe_text, metrics=best)
     bar.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()
