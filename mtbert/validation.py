@@ -12,11 +12,16 @@ from mtbert.errors import MtbertError
 from mtbert.tasks import SPLITS, resolve_tasks
 
 
+def is_local_path(name: str) -> bool:
+    """A path, not a hub name: hub names are `name` or `owner/name`, never absolute, relative-dotted or deeper."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def validate_recipe(recipe: Recipe) -> str:
     """A summary of what the recipe will train on; raises MtbertError on the first problem."""
     tasks = resolve_tasks(recipe)
     init = recipe.model.init
-    if init != "random" and ("/" in init or init.startswith(".")) and not Path(init).exists():
+    if init != "random" and is_local_path(init) and not Path(init).expanduser().exists():
         raise MtbertError(f"model.init: folder {init} not found")
     tokenizer = load_tokenizer(recipe.model.tokenizer or init)
     lines = [f"recipe {recipe.name}: {len(tasks)} task(s), data_dir {recipe.data_dir}, model {init}, "
