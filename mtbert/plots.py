@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from matplotlib import ticker
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -168,6 +169,14 @@ def score_distribution(gold: np.ndarray, predicted: np.ndarray, path: Path, *, t
     return _save(figure, path)
 
 
+def _minor_log_label(value: float, _position) -> str:
+    """Label the 2, 3 and 5 multiples between a log axis's powers of ten, as plain numbers."""
+    if value <= 0:
+        return ""
+    leading = round(value / 10 ** np.floor(np.log10(value)))
+    return f"{value:g}" if leading in (2, 3, 5) else ""
+
+
 def training_curves(records: Sequence[dict], main_metrics: dict[str, str], path: Path, *, title: str,
                     exported_step: int | None = None) -> Path:
     """Left: each task's training loss per logging step. Right: each task's dev main score and the
@@ -187,6 +196,8 @@ def training_curves(records: Sequence[dict], main_metrics: dict[str, str], path:
             positive += [v for v in values if v > 0]
     if positive and max(positive) / min(positive) > 20:
         loss_axes.set_yscale("log")  # tasks' losses differ in scale (cross-entropy against squared error)
+        loss_axes.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))  # 0.1, 1: not 10^-1
+        loss_axes.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_log_label))
     loss_axes.set_xlabel("optimizer step")
     loss_axes.set_ylabel("training loss (mean since the last log)")
     loss_axes.set_title("Training loss per task")
