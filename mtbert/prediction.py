@@ -83,12 +83,14 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     task = _task(loaded.tasks, task_name)
     dataset = parse_lines(lines, task, source)
     split = SplitData(dataset, source, labelled=False, fingerprint="")
+    # Sentences piped through are often a handful: progress bars only when a person watches stderr.
+    watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
-                               progress=False)
+                               progress=watched)
     device = default_device()
     result = run_inference(loaded.model.to(device), task, eval_loader(tokenized, batch_size,
                                                                       loaded.tokenizer.pad_token_id or 0),
-                           device=device)
+                           device=device, progress=watched)
     texts = [[a, b] for a, b in zip(dataset["text_a"], dataset["text_b"])] if task.is_pair \
         else [[a] for a in dataset["text_a"]]
     write_records(records(task, texts, result), task, out, fmt)

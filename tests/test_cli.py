@@ -33,6 +33,9 @@ def test_usage_errors_are_one_line_and_completion_installs():
         assert result.output.startswith(message), result.output
     result = invoke("--help")
     assert "--install-completion" in result.output and "--show-completion" in result.output
+    completion = {"_MTBERT_COMPLETE": "complete_bash", "COMP_WORDS": "mtbert report --sp", "COMP_CWORD": "2"}
+    result = runner.invoke(app, [], env=completion, prog_name="mtbert")
+    assert result.output.split() == ["--split"]
 
 
 @pytest.fixture(scope="module")
