@@ -11,14 +11,43 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+import typer.core
 
 from mtbert import __version__
 from mtbert.errors import MtbertError
 
+# Typer's click-style error base (recent Typer versions carry their own copy of click).
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """Usage errors (a missing option, a bad value) as one line on stderr with exit status 2, like an
+    MtbertError, instead of a usage block and a boxed message."""
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as e:
+            if type(e).__name__ == "NoArgsIsHelpError":  # `mtbert` alone: the help is the message
+                if e.format_message().strip():
+                    e.show()
+            else:
+                ctx = getattr(e, "ctx", None)
+                hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+                typer.echo(f"error: {e.format_message()}{hint}", err=True)
+            sys.exit(e.exit_code)
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     help="Multi-task fine-tuning of a hand-built BERT encoder.\n\n"
          "Example: mtbert train recipes/quickstart.yaml && mtbert evaluate ckpt/quickstart",
-    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True)
+    no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, cls=OneLineErrors)
 
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Root of the task files (overrides the recipe "
                                                                    "and MTBERT_DATA_DIR).")]
@@ -38,6 +67,10 @@ def user_errors(command):
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
     return wrapper
+
+
+def _say(message: str) -> None:
+    typer.echo(message, err=True)
 
 
 def _version(value: bool) -> None:
@@ -77,17 +110,27 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
              tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
              data_dir: DataDir = None,
              output: Annotated[Optional[Path], typer.Option(help="JSON file for {task: {metric: value}}.")] = None,
-             batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+             batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
+             plots: Annotated[bool, typer.Option("--plots", help="Also write the report's figures and report.md "
+                                                                 "(see mtbert report) into CKPT/report-<split>.")]
+             = False):
     """Score a trained model on a split: a per-task table, and JSON.
 
-    Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json
+    Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
     from mtbert.checkpoint import write_text_atomically
     from mtbert.evaluation import evaluate_checkpoint, format_table
+    from mtbert.report import write_report
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
+    if plots:
+        report = write_report(ckpt, split, names, data_dir, batch_size)
+        results = report.results
+    else:
+        results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
     typer.echo(format_table(results))
+    if plots:
+        typer.echo(f"wrote {len(report.files)} report files to {report.folder}")
     target = output or Path(ckpt) / f"eval-{split}.json"
     write_text_atomically(target, json.dumps(results, indent=2) + "\n")
     typer.echo(f"wrote {target}")
@@ -110,6 +153,10 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
 
     Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
+
+    With --split, the file is the task's submission file: cs224n's for sst, quora and sts, the GLUE
+    server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
+    every task's at once.
     """
     from mtbert.checkpoint import write_text_atomically
     from mtbert.prediction import predict_lines, predict_split, read_input
@@ -117,7 +164,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     if format not in ("tsv", "jsonl"):
         raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
     if split:
-        path = predict_split(ckpt, task, split, output, data_dir, batch_size)
+        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=_say)
         typer.echo(f"wrote {path}", err=True)
         return
     lines, source = read_input(input)
@@ -180,3 +227,48 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
     typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))
+
+
+@app.command()
+@user_errors
+def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
+           split: Annotated[str, typer.Option(help="Labelled split to score and plot.")] = "dev",
+           tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+           out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs and report.md; default "
+                                                            "RUN_DIR/report-<split>.")] = None,
+           data_dir: DataDir = None,
+           batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+    """Figures and a Markdown summary of a run: confusion matrices, predicted-against-gold scatter,
+    label distributions, training curves from train_log.jsonl, and the scores table.
+
+    Example: mtbert report ckpt/quickstart   (writes ckpt/quickstart/report-dev/report.md and PNGs)
+    """
+    from mtbert.evaluation import format_table
+    from mtbert.report import write_report
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    written = write_report(run_dir, split, names, data_dir, batch_size, out)
+    typer.echo(format_table(written.results))
+    for path in written.files:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
+           to: Annotated[Path, typer.Option(help="Folder for the submission files.")] = Path("submission"),
+           tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+           split: Annotated[str, typer.Option(help="Split to predict.")] = "test",
+           data_dir: DataDir = None,
+           batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+    """Write every task's test-set submission file into one folder: cs224n's sst-test-output.csv,
+    para-test-output.csv, sts-test-output.csv; the GLUE server's SST-2.tsv, CoLA.tsv, MRPC.tsv,
+    STS-B.tsv, QQP.tsv, RTE.tsv, MNLI-m.tsv; <task>-test-output.tsv for other tasks.
+
+    Example: mtbert submit ckpt/glue --to submission/   (then: cd submission && zip ../glue.zip *.tsv)
+    """
+    from mtbert.prediction import submit as write_submissions
+
+    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    for path in write_submissions(ckpt, to, split, names, data_dir, batch_size, report=_say):
+        typer.echo(f"wrote {path}")

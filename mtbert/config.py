@@ -215,6 +215,21 @@ class EvalConfig:
     "Evaluate on at most this many dev examples per task during training (the full set in `mtbert evaluate`)."
 
 
+Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"]
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers (through Accelerate), besides the JSONL log every run writes."""
+
+    trackers: list[Tracker] = field(default_factory=list)
+    "Accelerate trackers to log to, e.g. [tensorboard] or [wandb]; each needs its package installed."
+    project: str | None = None
+    "Project (tensorboard: sub-folder) name the trackers log under; defaults to the recipe's name."
+    logging_dir: str | None = None
+    "Folder for trackers that write files (tensorboard); defaults to <output_dir>/tracking."
+
+
 @dataclass
 class Recipe:
     """A whole run."""
@@ -237,6 +252,8 @@ class Recipe:
     "Training loop."
     eval: EvalConfig = field(default_factory=EvalConfig)
     "Evaluation during training."
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    "Experiment trackers (tensorboard, wandb, ...) besides the JSONL log."
 
 
 # ---------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from mtbert import checkpoint
 from mtbert.data.loading import load_split, require_labels
 from mtbert.errors import MtbertError
-from mtbert.inference import eval_loader, run_inference, score
+from mtbert.inference import TaskPredictions, eval_loader, run_inference, score
 from mtbert.metrics import overall_score
 from mtbert.tasks import Task
 
@@ -31,15 +32,36 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "dev", task_names: list[s
                         data_dir: str | None = None, batch_size: int = 128, progress: bool = True) -> dict:
     """{task: {metric: value, "main": score}, "overall": mean of the main scores}."""
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
+    return score_predictions(predict_tasks(loaded, split, task_names, batch_size, progress))
+
+
+@dataclass
+class SplitPredictions:
+    """One task's predictions on a labelled split, with the example ids in the split's order."""
+
+    task: Task
+    ids: list[str]
+    result: TaskPredictions
+
+
+def predict_tasks(loaded: checkpoint.LoadedModel, split: str, task_names: list[str] | None = None,
+                  batch_size: int = 128, progress: bool = True) -> dict[str, SplitPredictions]:
+    """Run a loaded model over a labelled split of each of its tasks (or of `task_names`)."""
     device = default_device()
     model = loaded.model.to(device)
-    results: dict = {}
+    out = {}
     for name, task in select_tasks(loaded.tasks, task_names).items():
         data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
                                      loaded.recipe.model.max_length, progress=progress)
         require_labels(data, task, split)
         loader = eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0)
-        results[name] = score(task, run_inference(model, task, loader, device=device, progress=progress))
+        result = run_inference(model, task, loader, device=device, progress=progress)
+        out[name] = SplitPredictions(task, list(data.dataset["id"]), result)
+    return out
+
+
+def score_predictions(predicted: dict[str, SplitPredictions]) -> dict:
+    results: dict = {name: score(p.task, p.result) for name, p in predicted.items()}
     results["overall"] = overall_score({n: r["main"] for n, r in results.items()})
     return results
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -17,7 +17,8 @@ from mtbert.data.reading import SplitData
 from mtbert.errors import MtbertError
 from mtbert.evaluation import default_device
 from mtbert.inference import TaskPredictions, eval_loader, run_inference
-from mtbert.tasks import SUBMISSION_FILES, Task
+from mtbert.submission import write_submission
+from mtbert.tasks import Task
 
 
 def parse_lines(lines: Iterable[str], task: Task, source: str) -> datasets.Dataset:
@@ -82,12 +83,14 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     task = _task(loaded.tasks, task_name)
     dataset = parse_lines(lines, task, source)
     split = SplitData(dataset, source, labelled=False, fingerprint="")
+    # Sentences piped through are often a handful: progress bars only when a person watches stderr.
+    watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
-                               progress=False)
+                               progress=watched)
     device = default_device()
     result = run_inference(loaded.model.to(device), task, eval_loader(tokenized, batch_size,
                                                                       loaded.tokenizer.pad_token_id or 0),
-                           device=device)
+                           device=device, progress=watched)
     texts = [[a, b] for a, b in zip(dataset["text_a"], dataset["text_b"])] if task.is_pair \
         else [[a] for a in dataset["text_a"]]
     write_records(records(task, texts, result), task, out, fmt)
@@ -95,26 +98,38 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
 
 
 def predict_split(ckpt: str | Path, task_name: str, split: str, output: Path | None, data_dir: str | None = None,
-                  batch_size: int = 128) -> Path:
-    """Predict every example of a split and write `id<TAB>prediction` (cs224n submission names for sst,
-    quora and sts)."""
+                  batch_size: int = 128, report: Callable[[str], None] = print) -> Path:
+    """Predict every example of a split and write the task's submission file (see submission.py):
+    the cs224n files for sst, quora and sts, the GLUE server's for GLUE tasks, else id + prediction."""
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
-    task = _task(loaded.tasks, task_name)
-    data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer, loaded.recipe.model.max_length)
+    target = output if output is not None else Path(".")
+    return _write_split(loaded, _task(loaded.tasks, task_name), split, target, batch_size, report)
+
+
+def submit(ckpt: str | Path, out_dir: Path, split: str = "test", task_names: list[str] | None = None,
+           data_dir: str | None = None, batch_size: int = 128, report: Callable[[str], None] = print) -> list[Path]:
+    """Every task's submission file for `split`, in one folder."""
+    loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
+    names = task_names or list(loaded.tasks)
+    tasks = [_task(loaded.tasks, name) for name in names]
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MtbertError(f"{out_dir}: exists and is not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return [_write_split(loaded, task, split, out_dir, batch_size, report) for task in tasks]
+
+
+def _write_split(loaded: checkpoint.LoadedModel, task: Task, split: str, target: Path, batch_size: int,
+                 report: Callable[[str], None]) -> Path:
+    data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
+                                 loaded.recipe.model.max_length, report=report)
     device = default_device()
     result = run_inference(loaded.model.to(device), task,
                            eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0),
                            device=device, progress=True)
-    file_name, column = SUBMISSION_FILES.get(task.name, (f"{task.name}-{split}-output.tsv", "Predicted"))
-    if split != "test":
-        file_name = file_name.replace("-test-", f"-{split}-")
-    path = output if output is not None else Path(file_name)
-    if path.is_dir():
-        path = path / file_name
-    values = [f"{float(p):.4f}" if task.kind == "regression" else label_name(task, int(p))
-              for p in result.predictions]
-    text = f"id\t{column}\n" + "".join(f"{i}\t{v}\n" for i, v in zip(data.dataset["id"], values))
-    checkpoint.write_text_atomically(path, text)
+    path = write_submission(target, task, split, data.dataset["id"], result.predictions)
+    if data.skipped_lines:
+        report(f"warning: {path} has no prediction for the {len(data.skipped_lines)} skipped row(s) of "
+               f"{data.source}; a benchmark server expects one per test row")
     return path
 
 

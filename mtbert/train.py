@@ -34,6 +34,7 @@ from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.objectives.losses import LOSSES
 from mtbert.optim import build_optimizer
 from mtbert.tasks import Task, resolve_tasks
+from mtbert.tracking import check_trackers, hyperparameters, logging_dir, project_name, tracker_values
 
 # ---------------------------------------------------------------------------------------------
 # Building the model from a recipe
@@ -144,9 +145,12 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
 
 def train(recipe: Recipe) -> dict:
     """Train, evaluate on dev as the recipe says, export the best (or last) model; return its metrics."""
+    check_trackers(recipe.tracking.trackers)
     accelerator = Accelerator(gradient_accumulation_steps=recipe.train.grad_accum,
                               # A step trains one task; the other heads get no gradient, which DDP must allow.
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+                              log_with=recipe.tracking.trackers or None,
+                              project_dir=logging_dir(recipe) if recipe.tracking.trackers else None)
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
@@ -184,7 +188,10 @@ def train(recipe: Recipe) -> dict:
 
     output = Path(recipe.output_dir)
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
-    log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process)
+    if recipe.tracking.trackers:
+        accelerator.init_trackers(project_name(recipe), config=hyperparameters(recipe))
+    log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process,
+                 trackers=accelerator.log if recipe.tracking.trackers else None)
     best: dict | None = None
     losses: dict[str, list[torch.Tensor]] = defaultdict(list)
     tokens = 0
@@ -251,7 +258,7 @@ def evaluate_dev(model, tasks: dict[str, Task], loaders: dict, accelerator: Acce
     results = {}
     for name, loader in loaders.items():
         prediction = run_inference(model, tasks[name], loader, device=accelerator.device,
-                                   gather=accelerator.gather_for_metrics)
+                                   gather=accelerator.gather_for_metrics, progress=accelerator.is_local_main_process)
         results[name] = score(tasks[name], prediction)
     results["overall"] = overall_score({name: r["main"] for name, r in results.items()})
     return results
@@ -266,10 +273,11 @@ def format_scores(metrics: dict) -> str:
 
 
 class RunLog:
-    """The JSONL log every run writes: one record per logging step and per evaluation."""
+    """The JSONL log every run writes: one record per logging step and per evaluation. With `trackers`
+    (accelerator.log), each record also goes to the recipe's trackers, flattened (tracking.py)."""
 
-    def __init__(self, path: Path, enabled: bool):
-        self.path, self.enabled = path, enabled
+    def __init__(self, path: Path, enabled: bool, trackers=None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text("")
@@ -278,3 +286,5 @@ class RunLog:
         if self.enabled:
             with self.path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.trackers is not None:
+                self.trackers(tracker_values(record), step=record["step"])

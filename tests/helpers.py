@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import struct
 from pathlib import Path
 
 import yaml
@@ -42,3 +43,11 @@ def write_recipe(tmp_path: Path, tokenizer_dir: Path, *, tasks: dict | None = No
     path = tmp_path / "recipe.yaml"
     path.write_text("# mtbert train recipe.yaml\n" + yaml.safe_dump(recipe, sort_keys=False))
     return path
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk, after checking the signature."""
+    head = Path(path).read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    assert head[12:16] == b"IHDR"
+    return struct.unpack(">II", head[16:24])

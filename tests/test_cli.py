@@ -17,9 +17,25 @@ def invoke(*args, input=None):
 
 def test_version_and_help_show_examples():
     assert invoke("--version").output.strip() == f"mtbert {__version__}"
-    for command in ("train", "evaluate", "predict", "validate", "make-data"):
+    commands = [c.name or c.callback.__name__.replace("_", "-") for c in app.registered_commands]
+    assert {"train", "evaluate", "predict", "report", "submit", "export"} <= set(commands)
+    for command in commands:
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Example:" in result.output, command
+
+
+def test_usage_errors_are_one_line_and_completion_installs():
+    for args, message in ((["predict"], "error: Missing option '--task'. (see 'mtbert predict --help')"),
+                          (["nope"], "error: No such command 'nope'."),
+                          (["evaluate", "x", "--batch-size", "many"], "error: Invalid value for '--batch-size'")):
+        result = runner.invoke(app, args, prog_name="mtbert")
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert result.output.startswith(message), result.output
+    result = invoke("--help")
+    assert "--install-completion" in result.output and "--show-completion" in result.output
+    completion = {"_MTBERT_COMPLETE": "complete_bash", "COMP_WORDS": "mtbert report --sp", "COMP_CWORD": "2"}
+    result = runner.invoke(app, [], env=completion, prog_name="mtbert")
+    assert result.output.split() == ["--split"]
 
 
 @pytest.fixture(scope="module")
