@@ -209,6 +209,9 @@ class TrainingState:
             shutil.rmtree(staging, ignore_errors=True)
             staging.mkdir(parents=True)
         processes.barrier()
+        if not staging.is_dir():
+            raise MtbertError(f"{staging}: process {processes.index} cannot see the folder the main process "
+                              f"created; output_dir must be on storage that every process (every machine) shares")
         for name, part in self.parts.items():
             # Every process asks every part for its state: under ZeRO that may be a collective.
             state = part.obj.state_dict()

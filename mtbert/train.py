@@ -251,9 +251,9 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                         losses.add(name, task_loss)
                         tokens += sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
                     accelerator.backward(loss)
-                    if accelerator.sync_gradients and zero_stage == 3:
-                        clear_zero3_gradients(model)
                     if accelerator.sync_gradients:
+                        if zero_stage == 3:
+                            clear_zero3_gradients(model)  # DeepSpeed stepped inside backward
                         # Skipping needs the answer now (one host sync per step); stopping reads it lazily below.
                         nonfinite = guard.found() if recipe.train.on_nonfinite == "skip" else None
                         if recipe.train.grad_clip and nonfinite is None:
