@@ -66,10 +66,12 @@ def _strip_wrapper_prefix(key: str) -> str:
     return key
 
 
-def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool = True) -> BertModel:
+def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool = True,
+                 allow_pickle: bool = False) -> BertModel:
     """Load a BERT encoder from a local Hugging Face folder or, failing that, a hub model name.
 
-    The model comes back in eval mode, as Hugging Face's from_pretrained returns it.
+    The model comes back in eval mode, as Hugging Face's from_pretrained returns it. A `.bin` file that
+    needs full unpickling is refused unless allow_pickle (the user trusts the file: it can run code).
     """
     folder = Path(name_or_path)
     if folder.exists():
@@ -77,7 +79,7 @@ def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool =
     else:
         config_path, weights_path = _hub_files(str(name_or_path))
     config = _read_config(config_path)
-    state_dict = convert_hf_state_dict(_read_weights(weights_path))
+    state_dict = convert_hf_state_dict(_read_weights(weights_path, allow_pickle))
     model = BertModel(config, add_pooling_layer=add_pooling_layer)
     _load_checked(model, state_dict, source=weights_path)
     return model.eval()
@@ -138,11 +140,11 @@ def _read_config(path: Path) -> BertConfig:
         raise MtbertError(f"{path}: {error}") from error
 
 
-def _read_weights(path: Path) -> Mapping[str, torch.Tensor]:
+def _read_weights(path: Path, allow_pickle: bool = False) -> Mapping[str, torch.Tensor]:
     if path.name.endswith(".safetensors"):
         state_dict = _read_safetensors(path)
     else:
-        state_dict = _read_pickle_checkpoint(path)
+        state_dict = _read_pickle_checkpoint(path, allow_pickle)
     if not isinstance(state_dict, Mapping) or not all(isinstance(value, torch.Tensor) for value in state_dict.values()):
         raise MtbertError(f"{path}: expected a flat mapping of parameter names to tensors")
     return state_dict
@@ -155,18 +157,25 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise MtbertError(f"{path}: cannot read safetensors weights: {error}") from error
 
 
-def _read_pickle_checkpoint(path: Path) -> Any:
+def _read_pickle_checkpoint(path: Path, allow_pickle: bool = False) -> Any:
     # weights_only refuses to run code hidden in the pickle; a file that needs more is rejected
     # rather than trusted, since a downloaded checkpoint can execute anything when unpickled.
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         needed_global = re.search(r"GLOBAL (\S+)", str(error))
+        if needed_global and allow_pickle:
+            warnings.warn(f"{path}: fully unpickled because model.allow_pickle is true", stacklevel=3)
+            try:
+                return torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as unpickle_error:  # noqa: BLE001 - whatever the pickle raises, the file is unusable
+                raise MtbertError(f"{path}: cannot be unpickled: {_first_line(unpickle_error)}") from None
         if needed_global:
             raise MtbertError(
                 f"{path}: this checkpoint needs full unpickling (it stores "
                 f"{needed_global.group(1)}), which can run arbitrary code, and is refused; "
-                f"re-save it as {SAFETENSORS_FILE} or as a plain state dict of tensors"
+                f"re-save it as {SAFETENSORS_FILE} or as a plain state dict of tensors, or, "
+                f"for a file you trust, set model.allow_pickle=true"
             ) from error
         raise MtbertError(
             f"{path}: cannot be read as a plain PyTorch state dict; the file is corrupt or "
@@ -275,15 +284,18 @@ def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
 
 
 def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str], *, recipe: str,
-                 metrics: dict) -> None:
-    """Write the model, its tokenizer, the resolved recipe and its dev metrics into `folder`."""
+                 metrics: dict, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write the model, its tokenizer, the resolved recipe and its dev metrics into `folder`.
+
+    state_dict: the weights to write, when `model` does not hold them all (DeepSpeed ZeRO-3 gathers them)."""
     from mtbert import __version__
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     config_json = json.dumps(model.config.to_dict(), indent=2)
     metrics_json = json.dumps(metrics, indent=2)
-    tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    weights = model.state_dict() if state_dict is None else state_dict
+    tensors = {key: value.detach().cpu().contiguous() for key, value in weights.items()}
     metadata = {"format": "pt", "mtbert_version": __version__, "mtbert_config": config_json,
                 "recipe": recipe, "metrics": metrics_json}
     with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer-") as staging:

@@ -90,17 +90,27 @@ def main(version: Annotated[bool, typer.Option("--version", callback=_version, i
 def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
           overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
           data_dir: DataDir = None,
-          output_dir: Annotated[Optional[str], typer.Option(help="Overrides the recipe's output_dir.")] = None):
+          output_dir: Annotated[Optional[str], typer.Option(help="Overrides the recipe's output_dir.")] = None,
+          resume: Annotated[Optional[str], typer.Option(
+              help="Continue from a checkpoint: `latest` (the newest in <output_dir>/checkpoints), `auto` (the "
+                   "same, or start afresh if there is none) or a checkpoint folder.")] = None):
     """Train the recipe's tasks together and export the best model.
 
     Example: mtbert train recipes/rrobin.yaml train.lr=3e-5 --data-dir ../shared/data
     (or: accelerate launch -m mtbert train recipes/rrobin_full.yaml)
+    Example: mtbert train recipes/rrobin.yaml --resume latest   (after a crash or SIGTERM: same recipe)
+    SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
+    from mtbert.resume import TrainingInterrupted
     from mtbert.train import train as run_training
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
-    run_training(load_recipe(recipe, extra, data_dir=data_dir))
+    try:
+        run_training(load_recipe(recipe, extra, data_dir=data_dir), resume=resume)
+    except TrainingInterrupted as stopped:
+        typer.echo(str(stopped), err=True)
+        raise typer.Exit(stopped.exit_code) from None
 
 
 @app.command()

@@ -58,6 +58,8 @@ class ModelConfig:
     "Inputs are truncated to this many tokens (a pair counts both sentences)."
     sharing: Literal["shared", "frozen"] = "shared"
     "`shared`: every task trains the encoder; `frozen`: only poolers and heads train."
+    allow_pickle: bool = False
+    "Load an `init` .bin/.pt file that needs full unpickling (it can run code): only for a file you trust."
 
 
 @dataclass
@@ -199,6 +201,12 @@ class TrainConfig:
     "Clip the gradient norm to this; null disables clipping."
     log_every: int = 20
     "Steps between log records (losses, learning rate, tokens per second)."
+    checkpoint_every: int = 500
+    "Steps between resumable checkpoints (<output_dir>/checkpoints/step-N); one is also saved at the end. 0: end only."
+    keep_checkpoints: int = 2
+    "Resumable checkpoints kept on disk: the newest ones; older ones are deleted."
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    "A NaN or infinite loss: `stop` the run with a message naming task and step, or `skip` that optimizer step."
 
 
 @dataclass
@@ -488,6 +496,10 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
     for path, value in positive.items():
         if value < 1:
             raise err(path, f"must be at least 1, got {value}")
+    if recipe.train.checkpoint_every < 0:
+        raise err(("train", "checkpoint_every"), f"must be 0 (end only) or more, got {recipe.train.checkpoint_every}")
+    if recipe.train.keep_checkpoints < 1:
+        raise err(("train", "keep_checkpoints"), f"must be at least 1, got {recipe.train.keep_checkpoints}")
     if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
         raise err(("train", "max_steps"), "must be at least 1")
     if not 0 <= recipe.train.warmup_ratio < 1:

@@ -8,19 +8,29 @@ written.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
+import os
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 from accelerate import Accelerator, DistributedDataParallelKwargs
-from accelerate.utils import set_seed
+from accelerate.utils import (
+    DistributedType,
+    InitProcessGroupKwargs,
+    is_mlu_available,
+    is_npu_available,
+    is_xpu_available,
+    set_seed,
+)
 from tqdm.auto import tqdm
 
-from mtbert import checkpoint
+from mtbert import checkpoint, faults
 from mtbert.config import PromptConfig, Recipe, dump_recipe
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.sampling import TaskSampler, total_steps
@@ -33,6 +43,20 @@ from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.objectives.losses import LOSSES
 from mtbert.optim import build_optimizer
+from mtbert.resume import (
+    RESUME_MAY_CHANGE,
+    Processes,
+    RandomState,
+    StopSignals,
+    TrainingInterrupted,
+    TrainingState,
+    ZeroOptimizerState,
+    find_checkpoint,
+    first_difference,
+    latest_checkpoint,
+    prune,
+    read_manifest,
+)
 from mtbert.tasks import Task, resolve_tasks
 from mtbert.tracking import check_trackers, hyperparameters, logging_dir, project_name, tracker_values
 
@@ -60,7 +84,7 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
                             pad_token_id=tokenizer.pad_token_id or 0)
         encoder = BertModel(config)
     else:
-        encoder = BertModel.from_pretrained(model_cfg.init)
+        encoder = BertModel.from_pretrained(model_cfg.init, allow_pickle=model_cfg.allow_pickle)
         if len(tokenizer) > encoder.config.vocab_size:
             raise MtbertError(f"model.tokenizer has {len(tokenizer)} tokens but the encoder {model_cfg.init} "
                               f"has only {encoder.config.vocab_size} word embeddings")
@@ -143,14 +167,20 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
     return RunData(tasks, tokenizer, train, dev)
 
 
-def train(recipe: Recipe) -> dict:
-    """Train, evaluate on dev as the recipe says, export the best (or last) model; return its metrics."""
+def train(recipe: Recipe, resume: str | None = None) -> dict:
+    """Train, evaluate on dev as the recipe says, export the best (or last) model; return its metrics.
+
+    A resumable checkpoint is saved every `train.checkpoint_every` steps, at the end, and when SIGTERM
+    or SIGINT stops the run (which then raises TrainingInterrupted). resume: `latest`, `auto` or a
+    checkpoint folder to continue from; the run ends as if it had never stopped (mtbert/resume.py).
+    """
     check_trackers(recipe.tracking.trackers)
-    accelerator = Accelerator(gradient_accumulation_steps=recipe.train.grad_accum,
-                              # A step trains one task; the other heads get no gradient, which DDP must allow.
-                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-                              log_with=recipe.tracking.trackers or None,
-                              project_dir=logging_dir(recipe) if recipe.tracking.trackers else None)
+    accelerator = make_accelerator(recipe)
+    processes = Processes(accelerator.process_index, accelerator.num_processes, accelerator.wait_for_everyone)
+    faults.arm(accelerator.process_index)
+    output = Path(recipe.output_dir)
+    checkpoints = output / "checkpoints"
+    resume_from = find_checkpoint(resume, checkpoints) if resume else None
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
@@ -180,64 +210,104 @@ def train(recipe: Recipe) -> dict:
     # Stepped by hand once per optimizer step: the schedule is counted in optimizer steps whatever the
     # number of processes, so it is not handed to accelerator.prepare (which would step it per process).
     scheduler = linear_schedule(optimizer, int(recipe.train.warmup_ratio * steps), steps)
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
     dev_loaders = {name: accelerator.prepare(eval_loader(ds.select(range(min(len(ds), recipe.eval.max_examples)))
                                                          if recipe.eval.max_examples else ds,
                                                          recipe.eval.batch_size, pad_id))
                    for name, ds in data.dev.items()}
 
-    output = Path(recipe.output_dir)
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
+    progress, losses = Progress(), LossMeter(accelerator.device)
+    state = training_state(accelerator, model, optimizer, scheduler, streams, progress, losses)
+    run_info = {"recipe": recipe_text, "launch": launch_info(accelerator),
+                "train_examples": {name: len(ds) for name, ds in data.train.items()}}
+    if resume_from:
+        check_resumable(resume_from, run_info)
+        state.load(resume_from, processes)
+        accelerator.print(f"resumed from {resume_from}: step {progress.step} of {steps}")
     if recipe.tracking.trackers:
         accelerator.init_trackers(project_name(recipe), config=hyperparameters(recipe))
     log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process,
+                 keep_bytes=progress.log_bytes if resume_from else None,
                  trackers=accelerator.log if recipe.tracking.trackers else None)
-    best: dict | None = None
-    losses: dict[str, list[torch.Tensor]] = defaultdict(list)
+    zero_stage = run_info["launch"]["zero_stage"]
+    guard = NonFiniteGuard(list(tasks), accelerator.device, distributed=accelerator.num_processes > 1)
+    stop_vote = StopVote(accelerator.num_processes)
     tokens = 0
     started = time.perf_counter()
-    bar = tqdm(total=steps, desc="train", disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=progress.step, desc="train", disable=not accelerator.is_local_main_process,
+               dynamic_ncols=True)
     model.train()
-    for step in range(steps):
-        for micro in range(accum):
-            micro_step = step * accum + micro
-            with accelerator.accumulate(model):
-                loss = torch.zeros((), device=accelerator.device)
-                for name in sampler.tasks_at(micro_step):
-                    batch = {k: v.to(accelerator.device) for k, v in streams[name].next_batch().items()}
-                    task_loss = LOSSES[tasks[name].loss](model(name, batch), batch["labels"])
-                    loss = loss + tasks[name].loss_weight * task_loss
-                    losses[name].append(task_loss.detach())
-                    tokens += sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and recipe.train.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        bar.update(1)
-        done = step + 1
-        if done % recipe.train.log_every == 0 or done == steps:
-            means = {n: torch.stack(v).mean().item() for n, v in losses.items() if v}
-            elapsed = time.perf_counter() - started
-            bar.set_postfix({n: f"{v:.3f}" for n, v in means.items()})
-            log.write({"step": done, "lr": scheduler.get_last_lr()[0], "loss": means,
-                       "tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
-            losses.clear()
-        if done % eval_every == 0 or done == steps:
-            metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
-            log.write({"step": done, "dev": metrics})
-            accelerator.print(f"step {done}: dev " + format_scores(metrics))
-            is_best = best is None or metrics["overall"] > best["overall"] or not recipe.eval.keep_best
-            if is_best:
-                best = metrics | {"step": done}
-                accelerator.wait_for_everyone()
+    with StopSignals() as signals:
+        for step in range(progress.step, steps):
+            nonfinite = None
+            for micro in range(accum):
+                micro_step = step * accum + micro
+                with accelerator.accumulate(model):
+                    loss = torch.zeros((), device=accelerator.device)
+                    for name in sampler.tasks_at(micro_step):
+                        batch = {k: v.to(accelerator.device) for k, v in streams[name].next_batch().items()}
+                        task_loss = LOSSES[tasks[name].loss](model(name, batch), batch["labels"])
+                        task_loss = faults.loss(step + 1, task_loss)
+                        guard.observe(step + 1, name, task_loss)
+                        loss = loss + tasks[name].loss_weight * task_loss
+                        losses.add(name, task_loss)
+                        tokens += sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        if zero_stage == 3:
+                            clear_zero3_gradients(model)  # DeepSpeed stepped inside backward
+                        # Skipping needs the answer now (one host sync per step); stopping reads it lazily below.
+                        nonfinite = guard.found() if recipe.train.on_nonfinite == "skip" else None
+                        if recipe.train.grad_clip and nonfinite is None:
+                            accelerator.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
+                    if nonfinite is None:
+                        optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            bar.update(1)
+            done = progress.step = step + 1
+            if nonfinite is not None:
+                progress.skipped_steps.append(done)
+                log.write({"step": done, "skipped": f"non-finite loss on task {nonfinite[1]}"})
+                accelerator.print(f"step {done}: non-finite loss on task {nonfinite[1]}; step skipped")
+                guard.reset()
+            log_due = done % recipe.train.log_every == 0 or done == steps
+            eval_due = done % eval_every == 0 or done == steps
+            save_due = done == steps or (recipe.train.checkpoint_every and done % recipe.train.checkpoint_every == 0)
+            stop_signal = stop_vote.agree(signals.received)
+            if log_due or eval_due or save_due or stop_signal:
+                guard.stop_if_found(latest_checkpoint(checkpoints))
+            if log_due:
+                means = losses.means()
+                elapsed = time.perf_counter() - started
+                bar.set_postfix({n: f"{v:.3f}" for n, v in means.items()})
+                log.write({"step": done, "lr": scheduler.get_last_lr()[0], "loss": means,
+                           "tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
+            if eval_due:
+                metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
+                log.write({"step": done, "dev": metrics})
+                accelerator.print(f"step {done}: dev " + format_scores(metrics))
+                best = progress.best
+                if best is None or metrics["overall"] > best["overall"] or not recipe.eval.keep_best:
+                    progress.best = metrics | {"step": done}
+                    export(accelerator, model, tokenizer, output, recipe_text, progress.best)
+            if save_due or stop_signal:
+                progress.log_bytes = log.size()
+                saved = state.save(checkpoints, done, processes, run_info)
                 if accelerator.is_main_process:
-                    checkpoint.export_model(accelerator.unwrap_model(model), tokenizer, output,
-                                            recipe=recipe_text, metrics=best)
+                    prune(checkpoints, recipe.train.keep_checkpoints)
+            faults.after_step(done)
+            if stop_signal:
+                bar.close()
+                raise TrainingInterrupted(stop_signal, done, saved)
     bar.close()
     accelerator.wait_for_everyone()
+    verify_replicas(accelerator, model)
     accelerator.end_training()
+    best = progress.best
     accelerator.print(f"exported the {'best' if recipe.eval.keep_best else 'last'} model "
                       f"(step {best['step']}, overall {best['overall']:.4f}) to {output}")
     return best
@@ -274,13 +344,19 @@ def format_scores(metrics: dict) -> str:
 
 class RunLog:
     """The JSONL log every run writes: one record per logging step and per evaluation. With `trackers`
-    (accelerator.log), each record also goes to the recipe's trackers, flattened (tracking.py)."""
+    (accelerator.log), each record also goes to the recipe's trackers, flattened (tracking.py).
 
-    def __init__(self, path: Path, enabled: bool, trackers=None):
+    keep_bytes: resuming, keep the log as it was at the checkpoint (what came after is written again)."""
+
+    def __init__(self, path: Path, enabled: bool, keep_bytes: int | None = None, trackers=None):
         self.path, self.enabled, self.trackers = path, enabled, trackers
         if enabled:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
+            if keep_bytes is None or not path.is_file():
+                path.write_text("")
+            else:
+                with path.open("r+b") as f:
+                    f.truncate(keep_bytes)
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -288,3 +364,276 @@ class RunLog:
                 f.write(json.dumps(record) + "\n")
             if self.trackers is not None:
                 self.trackers(tracker_values(record), step=record["step"])
+
+    def size(self) -> int:
+        return self.path.stat().st_size if self.enabled and self.path.is_file() else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes, DeepSpeed, and the state a checkpoint saves
+
+
+def make_accelerator(recipe: Recipe) -> Accelerator:
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)]  # a step trains one task's head
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    no_device = not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mlu_available())
+    if deepspeed and no_device:
+        # Without a GPU, Accelerate starts DeepSpeed with no process-group backend and then counts a single
+        # process; naming gloo gives DeepSpeed on CPU processes a real process group.
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    # Likewise processes started by torchrun (Accelerate's launcher for several processes) on a machine
+    # without GPUs would each count themselves alone: run them on the CPU, with gloo.
+    cpu = several and no_device and not deepspeed
+    trackers = recipe.tracking.trackers
+    return Accelerator(gradient_accumulation_steps=recipe.train.grad_accum, kwargs_handlers=handlers, cpu=cpu,
+                       log_with=trackers or None, project_dir=logging_dir(recipe) if trackers else None)
+
+
+def configure_deepspeed(accelerator: Accelerator, recipe: Recipe) -> None:
+    """Fill the DeepSpeed config's "auto" values from the recipe; refuse values that contradict it."""
+    plugin = accelerator.state.deepspeed_plugin
+    config = plugin.deepspeed_config
+    source = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE") or "the DeepSpeed config"
+    if plugin.zero_stage not in (1, 2, 3):
+        raise MtbertError(f"{source}: zero_optimization.stage is {plugin.zero_stage}; mtbert runs DeepSpeed with "
+                          f"ZeRO stage 1, 2 or 3 (see accelerate_configs/)")
+    for section in ("optimizer", "scheduler"):
+        if section in config:
+            raise MtbertError(f"{source}: remove its '{section}' section; mtbert builds the optimizer and the "
+                              f"learning-rate schedule from the recipe (train.optimizer, train.lr, ...)")
+    if recipe.train.on_nonfinite == "skip":
+        raise MtbertError("train.on_nonfinite: skip is not available under DeepSpeed, whose engine steps inside "
+                          "backward; use stop (fp16 runs skip overflowing steps by DeepSpeed's loss scaler)")
+    from_recipe = {"train_micro_batch_size_per_gpu": ("train.batch_size", recipe.train.batch_size),
+                   "gradient_accumulation_steps": ("train.grad_accum", recipe.train.grad_accum),
+                   "gradient_clipping": ("train.grad_clip", float(recipe.train.grad_clip or 0.0))}
+    for key, (recipe_key, value) in from_recipe.items():
+        if config.get(key, "auto") == "auto":
+            config[key] = value
+        elif config[key] != value:
+            raise MtbertError(f"{source}: {key} is {config[key]}, but {recipe_key} is {value}; set it to \"auto\"")
+    zero = config.setdefault("zero_optimization", {})
+    gather = "stage3_gather_16bit_weights_on_model_save"
+    if plugin.zero_stage == 3:
+        if zero.get(gather, "auto") == "auto":
+            zero[gather] = True
+        elif not zero[gather]:
+            raise MtbertError(f"{source}: zero_optimization.{gather} must be true: the exported model "
+                              f"is the whole model, gathered from every process")
+
+
+def clear_zero3_gradients(engine) -> None:
+    """After a ZeRO-3 optimizer step, zero the flat buffer its gradient partitions live in.
+
+    DeepSpeed (0.19) builds each step's gradients from that buffer without clearing it, so a parameter
+    that gets no gradient in a step (another task's head) is updated again with its previous gradient.
+    Cleared, it gets a zero gradient, as under ZeRO-1/2. (Its optimizer state still moves: weight decay
+    and momentum, as for any flat ZeRO partition; DDP's AdamW skips such parameters.)"""
+    buffer = getattr(engine.optimizer, "grad_partitions_flat_buffer", None)
+    if buffer is not None:
+        buffer.zero_()
+
+
+def launch_info(accelerator: Accelerator) -> dict:
+    """How the run is launched, as far as its checkpoints depend on it."""
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    return {"num_processes": accelerator.num_processes, "distributed_type": str(accelerator.distributed_type.value),
+            "mixed_precision": accelerator.mixed_precision, "device": accelerator.device.type,
+            "zero_stage": accelerator.state.deepspeed_plugin.zero_stage if deepspeed else None}
+
+
+@dataclass
+class Progress:
+    """Where the run stands, as a checkpoint saves it."""
+
+    step: int = 0
+    "Optimizer steps done."
+    best: dict | None = None
+    "Dev metrics (and step) of the model exported so far."
+    log_bytes: int = 0
+    "Length of train_log.jsonl at the checkpoint; a resume cuts off what was logged after it."
+    skipped_steps: list[int] = field(default_factory=list)
+    "Steps skipped for a non-finite loss (train.on_nonfinite: skip)."
+
+    def state_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, state[f.name])
+
+
+class LossMeter:
+    """Per-task losses since the last log record, averaged at the next one."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.losses: dict[str, list[torch.Tensor]] = defaultdict(list)
+
+    def add(self, task: str, loss: torch.Tensor) -> None:
+        self.losses[task].append(loss.detach())
+
+    def means(self) -> dict[str, float]:
+        means = {n: torch.stack(v).mean().item() for n, v in self.losses.items() if v}
+        self.losses.clear()
+        return means
+
+    def state_dict(self) -> dict:
+        return {n: torch.stack(v).float().cpu() for n, v in self.losses.items() if v}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.losses.clear()
+        for name, values in state.items():
+            self.losses[name] = list(values.to(self.device).unbind())
+
+
+class StreamPositions:
+    """Where each task's batch stream stands (its pass and position; the order follows from the seed)."""
+
+    def __init__(self, streams: dict[str, TaskStream]):
+        self.streams = streams
+
+    def state_dict(self) -> dict:
+        return {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state[name])
+
+
+def training_state(accelerator: Accelerator, model, optimizer, scheduler, streams: dict[str, TaskStream],
+                   progress: Progress, losses: LossMeter) -> TrainingState:
+    """Everything a checkpoint must hold for a resumed run to continue exactly.
+
+    Without DeepSpeed every process holds the same model and optimizer, saved once. Under ZeRO each
+    process saves its own optimizer shard with the fp32 master weights; under ZeRO-3 these also restore
+    the (partitioned) model, under ZeRO-1/2 the full model is saved besides. Random states are per process.
+    """
+    state = TrainingState()
+    zero_stage = launch_info(accelerator)["zero_stage"]
+    if zero_stage != 3:
+        state.add("model", accelerator.unwrap_model(model))
+    if zero_stage is None:
+        state.add("optimizer", optimizer)
+    else:
+        state.add("zero_optimizer", ZeroOptimizerState(model, accelerator.process_index, accelerator.num_processes),
+                  per_process=True)
+    if accelerator.scaler is not None:
+        state.add("grad_scaler", accelerator.scaler)
+    state.add("scheduler", scheduler)
+    state.add("streams", StreamPositions(streams))
+    state.add("progress", progress)
+    state.add("losses", losses)
+    state.add("rng", RandomState(), per_process=True)  # last: nothing restored after it may draw numbers
+    return state
+
+
+def check_resumable(folder: Path, run_info: dict) -> None:
+    """Refuse to resume from a checkpoint whose run differs from this one in a way that matters."""
+    saved = read_manifest(folder)["info"]
+    difference = first_difference(yaml.safe_load(saved["recipe"]), yaml.safe_load(run_info["recipe"]))
+    if difference:
+        key, before, now = difference
+        raise MtbertError(f"--resume {folder}: recipe key {key} was {before!r} in that run and is {now!r} now; "
+                          f"resume with the same recipe (only {', '.join(sorted(RESUME_MAY_CHANGE))} may change)")
+    for section in ("launch", "train_examples"):
+        difference = first_difference(saved.get(section), run_info[section], section)
+        if difference:
+            key, before, now = difference
+            what = "launch configuration" if section == "launch" else "training data"
+            raise MtbertError(f"--resume {folder}: {key} was {before!r} in that run and is {now!r} now; "
+                              f"resume with the same {what}")
+
+
+def export(accelerator: Accelerator, model, tokenizer, output: Path, recipe_text: str, metrics: dict) -> None:
+    """Export the model once, from the main process, with every weight (gathered from all processes
+    under ZeRO-3, which makes this a step every process takes)."""
+    accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        checkpoint.export_model(accelerator.unwrap_model(model), tokenizer, output, recipe=recipe_text,
+                                metrics=metrics, state_dict=weights)
+
+
+def weights_digest(model: torch.nn.Module) -> bytes:
+    """SHA-256 of every weight's name and bytes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
+def verify_replicas(accelerator: Accelerator, model) -> None:
+    """Every process must end with the same weights (DDP and ZeRO-1/2 keep whole copies); ZeRO-3
+    shards them, so there is nothing to compare."""
+    if accelerator.num_processes == 1 or launch_info(accelerator)["zero_stage"] == 3:
+        return
+    digest = weights_digest(accelerator.unwrap_model(model))
+    mine = torch.tensor(list(digest), dtype=torch.int64, device=accelerator.device)
+    everyone = accelerator.gather(mine[None]).cpu()  # (processes, 32)
+    differing = [i for i in range(everyone.shape[0]) if not torch.equal(everyone[i], everyone[0])]
+    if differing:
+        raise MtbertError(f"process(es) {', '.join(map(str, differing))} ended with weights that differ from "
+                          f"process 0's; the exported model is process 0's")
+    accelerator.print(f"weights identical on all {accelerator.num_processes} processes (sha256 {digest.hex()[:16]})")
+
+
+class NonFiniteGuard:
+    """Notices the first non-finite task loss without a host sync per step.
+
+    observe() only updates a tensor where the loss lives; found() reads it back, agreed by every process
+    (the earliest step any of them saw), and is called where the loop syncs anyway: logging, evaluation,
+    checkpoints and stops, or at every step when such steps are skipped.
+    """
+
+    NONE = 2**62
+
+    def __init__(self, task_names: list[str], device: torch.device, distributed: bool):
+        self.names, self.distributed = task_names, distributed
+        self.first = torch.full((), self.NONE, dtype=torch.int64, device=device)
+
+    def observe(self, step: int, task: str, loss: torch.Tensor) -> None:
+        code = step * len(self.names) + self.names.index(task)
+        self.first = torch.where(torch.isfinite(loss.detach()) | (self.first < code), self.first, code)
+
+    def found(self) -> tuple[int, str] | None:
+        """(step, task) of the first non-finite loss on any process, or None."""
+        first = self.first.clone()
+        if self.distributed:
+            torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
+        code = int(first.item())
+        if code == self.NONE:
+            return None
+        step, task = divmod(code, len(self.names))
+        return step, self.names[task]
+
+    def reset(self) -> None:
+        self.first.fill_(self.NONE)
+
+    def stop_if_found(self, last_checkpoint: Path | None) -> None:
+        found = self.found()
+        if found:
+            step, task = found
+            keep = "no checkpoint was saved before it"
+            if last_checkpoint:
+                keep = (f"the last good checkpoint is {last_checkpoint} (continue from it with --resume latest, "
+                        f"perhaps with train.on_nonfinite=skip)")
+            raise MtbertError(f"non-finite loss on task {task} at step {step}; training stopped, {keep}")
+
+
+class StopVote:
+    """Whether any process received SIGTERM/SIGINT, agreed at every step so that all of them stop at the
+    same one. The vote goes through a small CPU (gloo) process group: it never waits for the GPU."""
+
+    def __init__(self, num_processes: int):
+        self.group = torch.distributed.new_group(backend="gloo") if num_processes > 1 else None
+
+    def agree(self, received: int | None) -> int:
+        """The signal number to stop for (the largest any process got), or 0 to go on."""
+        if self.group is None:
+            return received or 0
+        vote = torch.tensor([received or 0], dtype=torch.int64)
+        torch.distributed.all_reduce(vote, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return int(vote.item())

@@ -272,3 +272,18 @@ def test_all_minilm_l6_v2_matches_transformers():
     # summation order), so 1e-5 is not loosened for either.
     torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(actual.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+
+
+class TensorDict(dict):
+    """A plain mapping of tensors, but of a class pickle must import: safe loading refuses it."""
+
+
+def test_bin_needing_unpickling_loads_only_when_explicitly_allowed(tmp_path: Path):
+    model = tiny_model()
+    write_config(tmp_path)
+    torch.save(TensorDict(model.state_dict()), tmp_path / "pytorch_model.bin")
+    with pytest.raises(MtbertError, match="allow_pickle"):
+        load_encoder(tmp_path)
+    with pytest.warns(UserWarning, match="fully unpickled"):
+        loaded = BertModel.from_pretrained(str(tmp_path), allow_pickle=True)
+    torch.testing.assert_close(outputs_of(loaded)[0], outputs_of(model)[0], atol=0, rtol=0)
