@@ -21,16 +21,18 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from mtbert import checkpoint
-from mtbert.config import PromptConfig, Recipe, dump_recipe
+from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.sampling import TaskSampler, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.inference import eval_loader, run_inference, score
 from mtbert.metrics import overall_score
+from mtbert.model.accounting import format_counts, parameter_counts
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
+from mtbert.model.sharing import SharingPlanError
 from mtbert.objectives.losses import LOSSES
 from mtbert.optim import build_optimizer
 from mtbert.tasks import Task, resolve_tasks
@@ -77,22 +79,12 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
 
 def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer) -> MultiTaskModel:
     encoder = build_encoder(recipe, tokenizer)
-    config = MultiTaskConfig(encoder=encoder.config, tasks={name: head_spec(t) for name, t in tasks.items()},
-                             sharing=recipe.model.sharing)
+    try:  # the plan meets the encoder's real layer count here when model.init is a hub name
+        config = MultiTaskConfig(encoder=encoder.config, tasks={name: head_spec(t) for name, t in tasks.items()},
+                                 sharing=sharing_spec(recipe.model.sharing))
+    except SharingPlanError as e:
+        raise MtbertError(str(e)) from None
     return MultiTaskModel(config, encoder)
-
-
-def parameter_counts(model: MultiTaskModel) -> dict[str, int]:
-    counts = {"total": 0, "trainable": 0, "frozen": 0}
-    for _, p in model.named_parameters():
-        counts["total"] += p.numel()
-        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
-    counts["encoder"] = sum(p.numel() for p in model.encoder.parameters())
-    for name in model.config.tasks:
-        own = list(model.heads[name].parameters()) if name in model.heads else []
-        own += list(model.poolers[name].parameters()) if name in model.poolers else []
-        counts[f"task:{name}"] = sum(p.numel() for p in own)
-    return counts
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -116,6 +108,8 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
 
 # ---------------------------------------------------------------------------------------------
 # The run
+
+PARAMETERS_FILE = "parameters.json"
 
 
 @dataclass
@@ -153,7 +147,7 @@ def train(recipe: Recipe) -> dict:
     tasks, tokenizer = data.tasks, data.tokenizer
     model = build_model(recipe, tasks, tokenizer)
     counts = parameter_counts(model)
-    accelerator.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    accelerator.print(format_counts(counts))
 
     pad_id = tokenizer.pad_token_id or 0
     streams = {name: TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=pad_id,
@@ -183,6 +177,8 @@ def train(recipe: Recipe) -> dict:
                    for name, ds in data.dev.items()}
 
     output = Path(recipe.output_dir)
+    if accelerator.is_main_process:
+        checkpoint.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
     log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process)
     best: dict | None = None
@@ -229,6 +225,8 @@ def train(recipe: Recipe) -> dict:
                     checkpoint.export_model(accelerator.unwrap_model(model), tokenizer, output,
                                             recipe=recipe_text, metrics=best)
     bar.close()
+    if accelerator.device.type == "cuda":  # for mtbert sweep: peak GPU memory, which only this process can see
+        log.write({"step": steps, "cuda_max_memory_allocated": torch.cuda.max_memory_allocated(accelerator.device)})
     accelerator.wait_for_everyone()
     accelerator.end_training()
     accelerator.print(f"exported the {'best' if recipe.eval.keep_best else 'last'} model "
