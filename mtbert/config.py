@@ -389,6 +389,11 @@ def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple
             sub = path + (str(key_node.value),)
             lines[sub] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, sub))
+    elif isinstance(node, yaml.SequenceNode):  # list items are keyed by index, as error paths name them
+        for index, item in enumerate(node.value):
+            sub = path + (str(index),)
+            lines[sub] = item.start_mark.line + 1
+            lines.update(_key_lines(item, sub))
     return lines
 
 

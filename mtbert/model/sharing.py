@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import re
 from dataclasses import dataclass
 from itertools import chain
@@ -338,8 +339,10 @@ def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tupl
             raise SharingPlanError(f"group {i} {group!r} must name at least one task", path)
         for task in group:
             if task not in tasks:
+                near = difflib.get_close_matches(task, tasks, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise SharingPlanError(f"group {_group_text(group)} names {task!r}, which is not a task of "
-                                       f"this recipe; its tasks: {', '.join(tasks)}", path)
+                                       f"this recipe; {hint}its tasks: {', '.join(tasks)}", path)
             if task in seen:
                 where = "twice in one group" if seen[task] == i else "in two groups"
                 raise SharingPlanError(f"task {task!r} is {where}; a task runs through one copy of each layer",
