@@ -15,6 +15,7 @@ from mtbert.errors import MtbertError
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.tasks import resolve_tasks
 from mtbert.train import build_model, train
+from mtbert.validation import validate_recipe
 
 from helpers import write_recipe
 
@@ -144,3 +145,9 @@ def test_checkpoint_saved_before_sharing_plans_still_loads(grouped_ckpt, tmp_pat
     ids = torch.tensor([[2, 7, 8, 3]])
     batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
     assert torch.equal(loaded.model("sst", batch), model("sst", batch))
+
+
+def test_validate_shows_the_resolved_plan(tmp_path, tokenizer_dir):
+    summary = validate_recipe(recipe_with(tmp_path, tokenizer_dir, GROUPED))
+    assert ("sharing: embeddings frozen | layers 0 shared, 1 individual [sst] [quora+sts] | relational 1 layer(s) "
+            "[quora+sts] (copy_top)") in summary.splitlines()

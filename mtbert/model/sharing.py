@@ -231,9 +231,9 @@ class PlanSpec:
             raise SharingPlanError("relational layers need an encoder with at least one layer")
         for part in [embeddings, *layers]:
             for group in part.groups:
-                _check_owner_name("+".join(group))
+                _check_owner(group)
         for extra in self.relational:
-            _check_owner_name(extra.owner)
+            _check_owner(extra.tasks)
         return SharingPlan(tuple(self.tasks), embeddings, tuple(layers), tuple(self.relational), self.text)
 
 
@@ -456,13 +456,16 @@ def _fill_groups(part: Part, tasks: list[str]) -> Part:
     return Part("individual", tuple(filled))
 
 
-def _check_owner_name(owner: str) -> None:
+def _check_owner(group: tuple[str, ...]) -> None:
+    """A group's copy is named by its tasks joined with '+': that name must be unambiguous."""
+    owner = "+".join(group)
     if owner in _RESERVED:
         raise SharingPlanError(f"a task named {owner!r} cannot own a copy of encoder weights: the {owner} copy "
                                f"has that name; rename the task")
-    if "." in owner:
-        raise SharingPlanError(f"task group {owner!r} owns a copy of encoder weights, so its task names cannot "
-                               f"hold '.', which parameter names use as a separator")
+    for task in group:
+        if "+" in task or "." in task:
+            raise SharingPlanError(f"task {task!r} owns a copy of encoder weights, so its name cannot hold '+' "
+                                   f"(copy names join task names with it) or '.' (parameter names use it)")
 
 
 # ---------------------------------------------------------------------------------------------

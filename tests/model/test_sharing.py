@@ -117,6 +117,9 @@ def test_a_task_may_not_take_a_copy_name():
     with pytest.raises(SharingPlanError, match="a task named 'shared' cannot own a copy"):
         resolve_plan("I2", 2, ["shared", "sst"])
     assert resolve_plan("S2", 2, ["shared", "sst"]).layers == (Part("shared"),) * 2  # fine while it owns none
+    # 'a+b' alone and the group [a, b] would both be called a+b: one copy for two owners, silently.
+    with pytest.raises(SharingPlanError, match="task 'a\\+b' owns a copy of encoder weights, so its name cannot"):
+        resolve_plan({"layers": [{"range": "all", "mode": "individual", "groups": [["a", "b"]]}]}, 2, ["a", "b", "a+b"])
 
 
 # --- the branched encoder ---------------------------------------------------------------------
