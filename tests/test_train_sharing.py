@@ -42,7 +42,7 @@ def recipe_with(tmp_path, tokenizer_dir, sharing, init="random", extra=()):
     ("S3", "command-line override: model.sharing: the layer counts of 'S3' add up to 3, but the encoder has 2"),
     ("S1-I1[quora+ssts]", "did you mean 'sts'"),
     ("{layers: [{range: 0, mode: shared}, {range: 0-1, mode: frozen}]}",
-     "command-line override: model.sharing.layers.1.range: layers 0-1 overlap layers 0"),
+     "command-line override: model.sharing.layers.1.range: layers 0-1 overlap layer 0 \\(model.sharing.layers.0\\)"),
 ])
 def test_bad_plan_on_the_command_line(tmp_path, tokenizer_dir, sharing, message):
     with pytest.raises(MtbertError, match=message):

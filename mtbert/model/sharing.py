@@ -358,7 +358,7 @@ def _group_text(group) -> str:
 
 def _part(mode: str, groups: tuple, path: tuple[str, ...]) -> Part:
     if groups and mode != "individual":
-        raise SharingPlanError(f"groups are only for mode individual, not {mode}", path + ("groups",))
+        raise SharingPlanError(f"groups are only for mode individual, not {mode}", path + ("groups",) if path else ())
     return Part(mode, groups)
 
 
@@ -393,13 +393,15 @@ def _parse_mapping(spec: dict, tasks: list[str]) -> PlanSpec:
         if not isinstance(entry, dict) or "range" not in entry:
             raise SharingPlanError("each entry needs a range (3, 0-3 or all) and a mode", path)
         start, end = _parse_range(entry["range"], path + ("range",))
-        text = "all" if end is None and start == 0 else f"{start}-{end}" if start != end else str(start)
+        text = "all layers" if end is None else f"layers {start}-{end}" if start != end else f"layer {start}"
         new = _Range(start, end, _mapping_part(entry, tasks, path), path + ("range",), text)
         for other in ranges:
-            if new.start <= (other.end if other.end is not None else new.start) and \
-                    other.start <= (new.end if new.end is not None else other.start):
-                raise SharingPlanError(f"layers {new.text} overlap layers {other.text} "
-                                       f"(model.sharing.{'.'.join(other.path[:2])})", new.path)
+            top = float("inf")  # an open range reaches the top, whatever the layer count
+            if new.start <= (top if other.end is None else other.end) and \
+                    other.start <= (top if new.end is None else new.end):
+                verb = "overlaps" if new.start == new.end else "overlap"
+                raise SharingPlanError(f"{new.text} {verb} {other.text} (model.sharing.{'.'.join(other.path[:2])})",
+                                       new.path)
         ranges.append(new)
     relational = []
     for i, entry in enumerate(spec.get("relational") or []):
