@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -203,8 +204,16 @@ def run_combination(recipe: Path, combo: Combination, overrides: list[str], fold
     return result
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _wait(process: subprocess.Popen) -> tuple[int, int | None]:
-    """Exit status and the child's own peak resident set size in bytes (None where os.wait4 is missing)."""
+    """Exit status and the child's own peak resident set size in bytes (None where os.wait4 is missing).
+
+    Interrupted (Ctrl-C, or SIGTERM, which would otherwise end this process and orphan the child), it
+    stops the child before passing the interruption on."""
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         if not hasattr(os, "wait4"):
             return process.wait(), None
@@ -213,6 +222,8 @@ def _wait(process: subprocess.Popen) -> tuple[int, int | None]:
         process.kill()
         process.wait()
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     process.returncode = os.waitstatus_to_exitcode(status)
     # Linux reports ru_maxrss in KiB, macOS in bytes.
     return process.returncode, usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)

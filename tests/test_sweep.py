@@ -128,3 +128,22 @@ def test_a_bad_combination_stops_the_sweep_before_anything_runs(tmp_path, tokeni
     assert result.output.startswith("error: combination sharing=S5: command-line override: model.sharing: the layer "
                                     "counts of 'S5' add up to 5, but the encoder has 2 layers")
     assert "Example:" in CliRunner().invoke(app, ["sweep", "--help"]).output
+
+
+def test_terminating_the_sweep_stops_the_running_child():
+    import os
+    import signal
+    import sys
+    import threading
+
+    from mtbert.sweep import _wait
+
+    before = signal.getsignal(signal.SIGTERM)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        _wait(child)
+    timer.join()
+    assert child.poll() is not None  # killed, not left sleeping
+    assert signal.getsignal(signal.SIGTERM) == before  # the sweep's handler is gone again
