@@ -210,9 +210,8 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     from mtbert.sweep import load_plans, parse_grid, run_sweep
 
     axes = [parse_grid(item) for item in grid or []] + ([load_plans(plans)] if plans else [])
-    results = run_sweep(recipe, axes, list(overrides or []), output or Path("sweeps") / recipe.stem, data_dir,
-                        echo=typer.echo)
     folder = output or Path("sweeps") / recipe.stem
+    results = run_sweep(recipe, axes, list(overrides or []), folder, data_dir, echo=typer.echo)
     typer.echo((folder / "sweep.md").read_text())
     typer.echo(f"wrote {folder / 'sweep.md'}, {folder / 'sweep.csv'} and {folder / 'sweep.png'}")
     failed = [r for r in results if r["status"] != "ok"]
