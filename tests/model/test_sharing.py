@@ -209,6 +209,16 @@ def test_frozen_plan_leaves_only_poolers_and_heads_trainable():
     assert trainable and all(name.startswith(("heads.", "poolers.")) for name in trainable)
 
 
+def test_frozen_parts_stay_out_of_the_optimizer():
+    from mtbert.train import optimizer_groups
+
+    model = build("F2-I1")
+    optimized = {id(p) for group in optimizer_groups(model, 0.01) for p in group["params"]}
+    frozen = {id(p) for p in model.encoder.copies["frozen"].parameters()}
+    assert frozen and not optimized & frozen
+    assert {id(p) for p in model.encoder.copies["sst"].parameters()} <= optimized
+
+
 def test_config_with_plan_round_trips():
     config = build("EI[quora+sts]-F1-S1-I1+R2[sst]").config
     again = MultiTaskConfig.from_dict(config.to_dict())
