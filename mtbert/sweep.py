@@ -149,7 +149,7 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
     for number, combo in enumerate(combos, start=1):
         prefix = f"[{number}/{len(combos)}] {combo.title}"
         folder = output / combo.folder
-        finished = _finished(folder, combo)
+        finished = _finished(folder, combo, _identity(recipe, overrides, data_dir))
         if finished is not None:
             echo(f"{prefix}: finished earlier ({_summary(finished)})")
             results.append(finished)
@@ -166,12 +166,20 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
     return results
 
 
-def _finished(folder: Path, combo: Combination) -> dict | None:
+def _identity(recipe: Path, overrides: list[str], data_dir: str | None) -> dict:
+    """What else a finished result must match to be reused: the recipe as it reads now, the fixed overrides
+    and the data folder. Editing the recipe makes every combination run again."""
+    return {"recipe_sha1": hashlib.sha1(Path(recipe).read_bytes()).hexdigest(), "fixed_overrides": overrides,
+            "data_dir": data_dir}
+
+
+def _finished(folder: Path, combo: Combination, identity: dict) -> dict | None:
     try:
         result = json.loads((folder / RESULT_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return result if result.get("overrides") == combo.overrides else None
+    same = result.get("overrides") == combo.overrides and all(result.get(k) == v for k, v in identity.items())
+    return result if same else None
 
 
 def run_combination(recipe: Path, combo: Combination, overrides: list[str], folder: Path,
@@ -187,7 +195,8 @@ def run_combination(recipe: Path, combo: Combination, overrides: list[str], fold
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env=os.environ | {"PYTHONUNBUFFERED": "1"})
         returncode, peak_rss = _wait(process)
-    result = {"labels": combo.labels, "overrides": combo.overrides, "command": command, "returncode": returncode,
+    result = {"labels": combo.labels, "overrides": combo.overrides, **_identity(recipe, overrides, data_dir),
+              "command": command, "returncode": returncode,
               "wall_s": time.perf_counter() - started, "peak_rss_bytes": peak_rss}
     if returncode == 0:
         try:

@@ -105,6 +105,10 @@ def test_sweep_runs_tabulates_and_skips_finished_combinations_on_restart(tmp_pat
     again = run_sweep(recipe, axes, ["eval.max_examples=20"], tmp_path / "sweep", echo=messages.append)
     assert again == results
     assert all("finished earlier" in m for m in messages) and len(messages) == 2
+    # An edited recipe is another experiment: nothing finished before counts.
+    recipe.write_text(recipe.read_text() + "# edited\n")
+    with pytest.raises(AssertionError, match="trained again"):
+        run_sweep(recipe, axes, ["eval.max_examples=20"], tmp_path / "sweep", echo=messages.append)
 
 
 @pytest.mark.slow
