@@ -174,12 +174,13 @@ def _identity(recipe: Path, overrides: list[str], data_dir: str | None) -> dict:
 
 
 def _finished(folder: Path, combo: Combination, identity: dict) -> dict | None:
+    """The result of an earlier run of this combination, re-measured from its folder; None: run it."""
     try:
         result = json.loads((folder / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    same = result.get("overrides") == combo.overrides and all(result.get(k) == v for k, v in identity.items())
-    return result if same else None
+        same = result.get("overrides") == combo.overrides and all(result.get(k) == v for k, v in identity.items())
+        return result | measure(folder) if same else None
+    except (OSError, ValueError, KeyError, StopIteration):
+        return None  # missing or unreadable outputs: the run is not usable
 
 
 def run_combination(recipe: Path, combo: Combination, overrides: list[str], folder: Path,
@@ -244,11 +245,15 @@ def measure(folder: Path) -> dict:
     metrics = json.loads((folder / "metrics.json").read_text())
     records = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines() if line.strip()]
     last = next(r for r in reversed(records) if "elapsed_s" in r)
+    # Seconds per step in each logging window: the fastest is the least disturbed by other work on the machine.
+    points = [(0, 0.0)] + [(r["step"], r["elapsed_s"]) for r in records if "elapsed_s" in r]
+    windows = [(t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(points, points[1:]) if s2 > s1]
     cuda = [r["cuda_max_memory_allocated"] for r in records if "cuda_max_memory_allocated" in r]
     return {"parameters_total": counts["total"], "parameters_trainable": counts["trainable"],
             "checkpoint_bytes": (folder / "model.safetensors").stat().st_size,
             "cuda_max_memory_allocated": cuda[-1] if cuda else None,
             "steps": last["step"], "train_s": last["elapsed_s"], "seconds_per_step": last["elapsed_s"] / last["step"],
+            "fastest_seconds_per_step": min(windows),
             "tokens_per_s": last["tokens_per_s"], "best_step": metrics.get("step"),
             "dev": {task: {k: v for k, v in scores.items() if k != "main"}
                     for task, scores in metrics.items() if isinstance(scores, dict)},
@@ -302,7 +307,7 @@ def table_rows(results: list[dict], axes: list[Axis]) -> tuple[list[str], list[l
             metric_columns += [(task, m) for m in scores if (task, m) not in metric_columns]
     gpu = any(r.get("cuda_max_memory_allocated") for r in results)
     header = [*(a.key for a in axes), "status", "parameters", "trainable", "checkpoint MiB", "peak RSS MiB",
-              *(["GPU max allocated MiB"] if gpu else []), "s/step", "train tokens/s",
+              *(["GPU max allocated MiB"] if gpu else []), "s/step", "fastest s/step", "train tokens/s",
               *(f"{task} {metric}" for task, metric in metric_columns), "overall"]
     raw, cells = [], []
     for r in results:
@@ -314,7 +319,7 @@ def table_rows(results: list[dict], axes: list[Axis]) -> tuple[list[str], list[l
                   r["peak_rss_bytes"] / MIB if r.get("peak_rss_bytes") else None,
                   *([r["cuda_max_memory_allocated"] / MIB if r.get("cuda_max_memory_allocated") else None]
                     if gpu else []),
-                  r.get("seconds_per_step"), r.get("tokens_per_s"),
+                  r.get("seconds_per_step"), r.get("fastest_seconds_per_step"), r.get("tokens_per_s"),
                   *(r.get("dev", {}).get(task, {}).get(metric) for task, metric in metric_columns),
                   r.get("overall")]
         raw.append(values)
@@ -331,7 +336,7 @@ def _cell(column: str, value) -> str:
         return f"{value:,}"
     if column.endswith("MiB") or column == "train tokens/s":
         return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
-    if column == "s/step":
+    if column.endswith("s/step"):
         return f"{value:.3f}"
     return f"{value:.4f}"
 
@@ -350,7 +355,8 @@ def write_tables(results: list[dict], axes: list[Axis], output: Path, title: str
 
 
 def plot(results: list[dict], title: str) -> bytes:
-    """Overall dev score against peak memory and against time per step, one labelled point per combination."""
+    """Overall dev score against peak memory and against time per step (the fastest logging window, the figure
+    least disturbed by other work on the machine), one labelled point per combination."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display needed
@@ -362,7 +368,8 @@ def plot(results: list[dict], title: str) -> bytes:
                                 ("peak_rss_bytes", "peak resident memory, RSS (MiB)"))
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
     for axis, x_of, label in ((left, lambda r: (r.get(memory_key) or 0) / MIB, memory_label),
-                              (right, lambda r: r["seconds_per_step"], "training time per step (s)")):
+                              (right, lambda r: r["fastest_seconds_per_step"],
+                               "training time per step, fastest logging window (s)")):
         for r in done:
             x, y = x_of(r), r["overall"]
             axis.scatter([x], [y], color="tab:blue")

@@ -58,7 +58,8 @@ def fake_result(plan, overall, rss_mib, step_s, status="ok"):
               "peak_rss_bytes": rss_mib * 2**20}
     if status == "ok":
         result |= {"parameters_total": 1000, "parameters_trainable": 800, "checkpoint_bytes": 3 * 2**20,
-                   "cuda_max_memory_allocated": None, "seconds_per_step": step_s, "tokens_per_s": 1234.5,
+                   "cuda_max_memory_allocated": None, "seconds_per_step": step_s,
+                   "fastest_seconds_per_step": step_s / 2, "tokens_per_s": 1234.5,
                    "dev": {"sst": {"accuracy": 0.5}, "sts": {"pearson": 0.25}}, "overall": overall}
     return result
 
@@ -69,8 +70,8 @@ def test_tables_and_plot(tmp_path):
     write_tables(results, [Axis("model.sharing", [])], tmp_path, title="survey")
     table = (tmp_path / "sweep.md").read_text().splitlines()
     assert table[0] == ("| model.sharing | status | parameters | trainable | checkpoint MiB | peak RSS MiB | s/step | "
-                        "train tokens/s | sst accuracy | sts pearson | overall |")
-    assert table[2] == "| shared | ok | 1,000 | 800 | 3.0 | 900 | 1.000 | 1,234 | 0.5000 | 0.2500 | 0.4000 |"
+                        "fastest s/step | train tokens/s | sst accuracy | sts pearson | overall |")
+    assert table[2] == "| shared | ok | 1,000 | 800 | 3.0 | 900 | 1.000 | 0.500 | 1,234 | 0.5000 | 0.2500 | 0.4000 |"
     assert table[4].startswith("| S1-I1 | failed (exit 2), see train_output.log |")
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert rows[1]["model.sharing"] == "frozen" and float(rows[1]["peak RSS MiB"]) == 600.0 and rows[2]["overall"] == ""
@@ -88,6 +89,7 @@ def test_sweep_runs_tabulates_and_skips_finished_combinations_on_restart(tmp_pat
     shared, grouped = results
     assert grouped["parameters_total"] > shared["parameters_total"] > 0  # two more layer copies
     assert shared["peak_rss_bytes"] > 50 * 2**20 and 0 < shared["seconds_per_step"] < shared["wall_s"]
+    assert 0 < shared["fastest_seconds_per_step"] <= shared["seconds_per_step"]
     assert shared["tokens_per_s"] > 0 and shared["checkpoint_bytes"] > 4 * shared["parameters_total"]
     assert set(shared["dev"]) == {"sst", "quora", "sts"} and 0 <= shared["overall"] <= 1
     for name in ("sweep.md", "sweep.csv", "sweep.png", "sweep.json"):
