@@ -26,6 +26,7 @@ from mtbert.config import Recipe, parse_recipe
 from mtbert.errors import MtbertError
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
+from mtbert.model.sharing import upgrade_unbranched_state_dict
 from mtbert.tasks import Task, resolve_tasks
 
 # ======================================================================================
@@ -328,8 +329,11 @@ def load_model(folder: str | os.PathLike[str], data_dir: str | None = None) -> L
     if "mtbert_config" not in metadata:
         raise MtbertError(f"{weights}: not written by mtbert train (no model configuration in its metadata); "
                           f"to load a Hugging Face encoder, use mtbert.BertModel.from_pretrained")
-    config = MultiTaskConfig.from_dict(json.loads(metadata["mtbert_config"]))
+    stored_config = json.loads(metadata["mtbert_config"])
+    config = MultiTaskConfig.from_dict(stored_config)
     model = MultiTaskModel(config)
+    if isinstance(stored_config.get("sharing", "shared"), str):  # saved before sharing plans: one plain encoder
+        tensors = upgrade_unbranched_state_dict(tensors, config.sharing)
     missing, unexpected = model.load_state_dict(tensors, strict=False)
     if missing or unexpected:
         raise MtbertError(f"{weights}: weights do not match the stored configuration: "
@@ -359,8 +363,8 @@ _SEQUENCE_CLASSIFICATION = "BertForSequenceClassification"
 
 
 def encoder_for(model: MultiTaskModel, task: str) -> BertModel:
-    """The encoder `task` runs on. Every task shares model.encoder today; a per-task encoder plugs in here."""
-    return model.encoder
+    """The encoder `task` runs on: its branch of the sharing plan, relational layers included."""
+    return model.encoder_for(task)
 
 
 def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str], with_head: bool = False,

@@ -282,3 +282,41 @@ def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     for path in write_submissions(ckpt, to, split, names, data_dir, batch_size, report=_say):
         typer.echo(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+          overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides applied to every "
+                                                                        "combination.")] = None,
+          grid: Annotated[Optional[list[str]], typer.Option("--grid", help="key=v1,v2,...: the values to try for "
+                                                            "one recipe key; repeat for more keys (every "
+                                                            "combination runs). Commas inside [...] or {...} do "
+                                                            "not split.")] = None,
+          plans: Annotated[Optional[Path], typer.Option(help="YAML file of sharing plans to try as model.sharing: a "
+                                                             "list of short plans, or name: plan (a short string or "
+                                                             "a structured mapping).")] = None,
+          output: Annotated[Optional[Path], typer.Option(help="Folder for the runs and the tables; default "
+                                                              "sweeps/<recipe file name>.")] = None,
+          data_dir: DataDir = None):
+    """Train every combination, each in its own process, and tabulate parameters, memory, speed and dev scores.
+
+    Writes sweep.md, sweep.csv and sweep.png (overall dev score against peak memory and time per step).
+
+    A finished combination is not run again on restart; a failed one is reported, runs again, and sets exit status 1.
+
+    Example: mtbert sweep recipes/sharing_survey.yaml --grid 'model.sharing=shared,frozen,S4-I2\\[quora+sts]'
+
+    Example: mtbert sweep recipes/quickstart.yaml --grid model.sharing=shared,S1-I1 --grid train.lr=1e-3,3e-3
+    """
+    from mtbert.sweep import load_plans, parse_grid, run_sweep
+
+    axes = [parse_grid(item) for item in grid or []] + ([load_plans(plans)] if plans else [])
+    folder = output or Path("sweeps") / recipe.stem
+    results = run_sweep(recipe, axes, list(overrides or []), folder, data_dir, echo=typer.echo)
+    typer.echo((folder / "sweep.md").read_text())
+    typer.echo(f"wrote {folder / 'sweep.md'}, {folder / 'sweep.csv'} and {folder / 'sweep.png'}")
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        typer.echo(f"{len(failed)} of {len(results)} combination(s) failed", err=True)
+        raise typer.Exit(1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import os
 import types
 import typing
@@ -20,10 +21,12 @@ from typing import Any, Literal
 import yaml
 
 from mtbert.errors import MtbertError
+from mtbert.model.sharing import SharingPlanError, parse_plan
 
 Kind = Literal["classes", "binary", "regression"]
 Format = Literal["cs224n", "glue", "csv", "tsv", "jsonl"]
 SamplingStrategy = Literal["round_robin", "proportional", "temperature", "annealed", "uniform", "all_tasks"]
+SharingMode = Literal["frozen", "shared", "individual"]
 
 
 @dataclass
@@ -43,6 +46,52 @@ class SizeConfig:
 
 
 @dataclass
+class PartSharingConfig:
+    """How the embeddings are shared (structured plan)."""
+
+    mode: SharingMode
+    "frozen (one copy, never trained), shared (one copy, trained by every task) or individual (a copy per group)."
+    groups: list[list[str]] | None = None
+    "individual only: tasks that share one copy, e.g. [[quora, sts]]; a task in no group gets its own."
+
+
+@dataclass
+class LayerSharingConfig:
+    """How a layer or a range of layers is shared (structured plan)."""
+
+    range: str
+    "Layer index or inclusive range, 0 at the bottom: 3, 0-3, or all."
+    mode: SharingMode
+    "frozen (one copy, never trained), shared (one copy, trained by every task) or individual (a copy per group)."
+    groups: list[list[str]] | None = None
+    "individual only: tasks that share one copy, e.g. [[quora, sts]]; a task in no group gets its own."
+
+
+@dataclass
+class RelationalConfig:
+    """Extra encoder layer(s) on top of the stack, owned by one task group."""
+
+    tasks: list[str]
+    "The owning task group, e.g. [quora, sts]; other tasks do not run through these layers."
+    layers: int = 1
+    "How many extra layers."
+    init: Literal["copy_top", "random"] = "copy_top"
+    "copy_top: copies of the encoder's top layer as loaded (pretrained weights); random: BERT's normal init."
+
+
+@dataclass
+class SharingConfig:
+    """A structured sharing plan: a mode for the embeddings and for every layer, and relational layers."""
+
+    layers: list[LayerSharingConfig]
+    "Ranges covering every layer exactly once, e.g. [{range: 0-3, mode: frozen}, {range: 4-5, mode: shared}]."
+    embeddings: SharingMode | PartSharingConfig | None = None
+    "The embeddings' mode (or {mode, groups}); null: the same as layer 0."
+    relational: list[RelationalConfig] = field(default_factory=list)
+    "Relational layers, e.g. [{tasks: [quora, sts], layers: 1}]."
+
+
+@dataclass
 class ModelConfig:
     """The shared encoder and its tokenizer."""
 
@@ -56,8 +105,8 @@ class ModelConfig:
     "Overrides the encoder's hidden and attention dropout; null keeps the checkpoint's."
     max_length: int = 128
     "Inputs are truncated to this many tokens (a pair counts both sentences)."
-    sharing: Literal["shared", "frozen"] = "shared"
-    "`shared`: every task trains the encoder; `frozen`: only poolers and heads train."
+    sharing: str | SharingConfig = "shared"
+    "`shared`, `frozen`, `individual`, a layer string like `F2-S3-I1[quora+sts]+R1[quora+sts]`, or a mapping."
     allow_pickle: bool = False
     "Load an `init` .bin/.pt file that needs full unpickling (it can run code): only for a file you trust."
 
@@ -365,6 +414,11 @@ def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple
             sub = path + (str(key_node.value),)
             lines[sub] = key_node.start_mark.line + 1
             lines.update(_key_lines(value_node, sub))
+    elif isinstance(node, yaml.SequenceNode):  # list items are keyed by index, as error paths name them
+        for index, item in enumerate(node.value):
+            sub = path + (str(index),)
+            lines[sub] = item.start_mark.line + 1
+            lines.update(_key_lines(item, sub))
     return lines
 
 
@@ -512,6 +566,31 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
         raise err(("sampling", "temperature"), "must be positive")
     if recipe.model.init == "random" and not recipe.model.tokenizer:
         raise err(("model", "tokenizer"), "a randomly initialised encoder needs a tokenizer folder or name")
+    try:
+        plan = parse_plan(sharing_spec(recipe.model.sharing), list(recipe.tasks))
+        layers = encoder_layer_count(recipe.model)
+        if layers is not None:
+            plan.resolve(layers)
+    except SharingPlanError as e:
+        raise err(("model", "sharing", *e.path), e.message) from None
     for name, task in recipe.tasks.items():
         if task.batch_size is not None and task.batch_size < 1:
             raise err(("tasks", name, "batch_size"), "must be at least 1")
+
+
+def sharing_spec(sharing: str | SharingConfig) -> str | dict:
+    """The plan as plain data, what mtbert.model.sharing reads."""
+    return sharing if isinstance(sharing, str) else dataclasses.asdict(sharing)
+
+
+def encoder_layer_count(model: ModelConfig) -> int | None:
+    """The encoder's layer count when known before loading it: `size` for a random encoder, the local
+    folder's config.json for a pretrained one; None for a hub name (checked when the model is built)."""
+    if model.init == "random":
+        return model.size.num_layers
+    config = Path(model.init) / "config.json"
+    try:
+        count = json.loads(config.read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (OSError, ValueError, AttributeError):
+        return None  # a hub name, or a folder whose problems loading the encoder reports
+    return count if isinstance(count, int) and not isinstance(count, bool) else None

@@ -31,16 +31,18 @@ from accelerate.utils import (
 from tqdm.auto import tqdm
 
 from mtbert import checkpoint, faults
-from mtbert.config import PromptConfig, Recipe, dump_recipe
+from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.sampling import TaskSampler, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.inference import eval_loader, run_inference, score
 from mtbert.metrics import overall_score
+from mtbert.model.accounting import format_counts, parameter_counts
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
+from mtbert.model.sharing import SharingPlanError
 from mtbert.objectives.losses import LOSSES
 from mtbert.optim import build_optimizer
 from mtbert.resume import (
@@ -102,22 +104,12 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
 
 def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer) -> MultiTaskModel:
     encoder = build_encoder(recipe, tokenizer)
-    config = MultiTaskConfig(encoder=encoder.config, tasks={name: head_spec(t) for name, t in tasks.items()},
-                             sharing=recipe.model.sharing)
+    try:  # the plan meets the encoder's real layer count here when model.init is a hub name
+        config = MultiTaskConfig(encoder=encoder.config, tasks={name: head_spec(t) for name, t in tasks.items()},
+                                 sharing=sharing_spec(recipe.model.sharing))
+    except SharingPlanError as e:
+        raise MtbertError(str(e)) from None
     return MultiTaskModel(config, encoder)
-
-
-def parameter_counts(model: MultiTaskModel) -> dict[str, int]:
-    counts = {"total": 0, "trainable": 0, "frozen": 0}
-    for _, p in model.named_parameters():
-        counts["total"] += p.numel()
-        counts["trainable" if p.requires_grad else "frozen"] += p.numel()
-    counts["encoder"] = sum(p.numel() for p in model.encoder.parameters())
-    for name in model.config.tasks:
-        own = list(model.heads[name].parameters()) if name in model.heads else []
-        own += list(model.poolers[name].parameters()) if name in model.poolers else []
-        counts[f"task:{name}"] = sum(p.numel() for p in own)
-    return counts
 
 
 def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -141,6 +133,8 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
 
 # ---------------------------------------------------------------------------------------------
 # The run
+
+PARAMETERS_FILE = "parameters.json"
 
 
 @dataclass
@@ -187,7 +181,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     tasks, tokenizer = data.tasks, data.tokenizer
     model = build_model(recipe, tasks, tokenizer)
     counts = parameter_counts(model)
-    accelerator.print("parameters: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
+    accelerator.print(format_counts(counts))
 
     pad_id = tokenizer.pad_token_id or 0
     streams = {name: TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=pad_id,
@@ -218,6 +212,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                                                          recipe.eval.batch_size, pad_id))
                    for name, ds in data.dev.items()}
 
+    if accelerator.is_main_process:
+        checkpoint.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
     progress, losses = Progress(), LossMeter(accelerator.device)
     state = training_state(accelerator, model, optimizer, scheduler, streams, progress, losses)
@@ -304,6 +300,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                 bar.close()
                 raise TrainingInterrupted(stop_signal, done, saved)
     bar.close()
+    if accelerator.device.type == "cuda":  # for mtbert sweep: peak GPU memory, which only this process can see
+        log.write({"step": steps, "cuda_max_memory_allocated": torch.cuda.max_memory_allocated(accelerator.device)})
     accelerator.wait_for_everyone()
     verify_replicas(accelerator, model)
     accelerator.end_training()

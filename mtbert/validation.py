@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from mtbert.config import Recipe
+from mtbert.config import Recipe, encoder_layer_count, sharing_spec
 from mtbert.data.loading import load_tokenizer
 from mtbert.data.reading import read_split, split_path
 from mtbert.errors import MtbertError
+from mtbert.model.sharing import resolve_plan
 from mtbert.tasks import SPLITS, resolve_tasks
 
 
@@ -44,5 +45,8 @@ def validate_recipe(recipe: Recipe) -> str:
             lines.append(f"    {split}: {detail}")
             if data.skip_report():
                 lines.append(f"    note: {data.skip_report()}")
+    layers = encoder_layer_count(recipe.model)
+    if layers is not None:  # load_recipe already checked the plan against this count
+        lines.append("sharing: " + resolve_plan(sharing_spec(recipe.model.sharing), layers, list(tasks)).describe())
     lines.append("ok")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ def test_encoder_export_loads_with_automodel_and_matches(ckpt, loaded, tmp_path)
         batch = encode(hf_tokenizer, pair)
         assert torch.equal(batch["input_ids"], encode(loaded.tokenizer, pair)["input_ids"])
         with torch.no_grad():
-            ours = loaded.model.encoder(**batch)
+            ours = loaded.model.encoder_for("sst")(**batch)
             theirs = hf_model(**batch)
         # Observed: 0.0 everywhere, pad positions included.
         torch.testing.assert_close(theirs.last_hidden_state, ours.last_hidden_state, atol=1e-5, rtol=0)

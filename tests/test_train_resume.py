@@ -76,8 +76,8 @@ def test_resumed_run_ends_bit_identical(tmp_path, tokenizer_dir, overrides):
     assert resumed_best == best
     full, resumed = tmp_path / "full", tmp_path / "resumed"
     assert_same_files(full / "checkpoints" / "step-8", resumed / "checkpoints" / "step-8")
-    assert torch.equal(load_file(full / "model.safetensors")["encoder.pooler.dense.weight"],
-                       load_file(resumed / "model.safetensors")["encoder.pooler.dense.weight"])
+    assert torch.equal(load_file(full / "model.safetensors")["encoder.copies.shared.pooler.dense.weight"],
+                       load_file(resumed / "model.safetensors")["encoder.copies.shared.pooler.dense.weight"])
     assert_same_files(full, resumed)
     assert log_records(resumed) == log_records(full)  # cut back to step 3, then written again, once
 

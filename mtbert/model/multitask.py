@@ -1,4 +1,4 @@
-"""The multi-task model: one shared encoder, then per task a pooler and a head (composition only)."""
+"""The multi-task model: the encoder's branches (sharing.py), then per task a pooler and a head (composition only)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from torch import nn
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec, build_head
 from mtbert.model.pooling import build_pooler
-
-SHARING_MODES = ("shared", "frozen")
+from mtbert.model.sharing import BranchedEncoder, SharingPlan, resolve_plan
 
 
 @dataclass
@@ -42,10 +41,18 @@ class MultiTaskConfig:
 
     encoder: BertConfig
     tasks: dict[str, TaskHeadSpec]
-    sharing: str = "shared"
+    sharing: SharingPlan | str | dict = "shared"
+    "The resolved sharing plan; a short string or a structured mapping is resolved against encoder and tasks."
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sharing, SharingPlan):
+            self.sharing = resolve_plan(self.sharing, self.encoder.num_hidden_layers, list(self.tasks))
+        if list(self.sharing.tasks) != list(self.tasks):
+            raise ValueError(f"the sharing plan is for tasks {', '.join(self.sharing.tasks)}, the model has "
+                             f"{', '.join(self.tasks)}")
 
     def to_dict(self) -> dict:
-        return {"encoder": dataclasses.asdict(self.encoder), "sharing": self.sharing,
+        return {"encoder": dataclasses.asdict(self.encoder), "sharing": self.sharing.to_dict(),
                 "tasks": {name: dataclasses.asdict(spec) for name, spec in self.tasks.items()}}
 
     @classmethod
@@ -55,16 +62,18 @@ class MultiTaskConfig:
             spec = dict(spec)
             spec["head"] = HeadSpec(**spec.get("head", {}))
             tasks[name] = TaskHeadSpec(**spec)
-        return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=data.get("sharing", "shared"))
+        sharing = data.get("sharing", "shared")  # a string in models saved before sharing plans
+        if isinstance(sharing, dict):
+            sharing = SharingPlan.from_dict(sharing)
+        return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=sharing)
 
 
 class MultiTaskModel(nn.Module):
     def __init__(self, config: MultiTaskConfig, encoder: BertModel | None = None):
+        """`encoder` gives the initial encoder weights (copied into every branch, and consumed); default random."""
         super().__init__()
-        if config.sharing not in SHARING_MODES:
-            raise ValueError(f"unknown sharing mode {config.sharing!r}; known: {', '.join(SHARING_MODES)}")
         self.config = config
-        self.encoder = encoder if encoder is not None else BertModel(config.encoder)
+        self.encoder = BranchedEncoder(config.encoder, config.sharing, source=encoder)
         hidden = config.encoder.hidden_size
         self.poolers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
@@ -76,15 +85,17 @@ class MultiTaskModel(nn.Module):
                 continue  # the score is the scaled cosine: no head
             in_features = 4 * hidden if spec.encoding == "siamese" else hidden
             self.heads[name] = build_head(spec.head, in_features, spec.num_outputs)
-        if config.sharing == "frozen":
-            self.encoder.requires_grad_(False)
+
+    def encoder_for(self, task: str) -> BertModel:
+        """The BertModel `task` runs through: its branch, whose parts other branches may share."""
+        return self.encoder.branch(task)
 
     def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor) -> torch.Tensor:
-        """Encode and pool: (B, T) ids -> (B, H)."""
-        out = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        """Encode with the task's branch and pool: (B, T) ids -> (B, H)."""
+        out = self.encoder(task, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
         if self.config.tasks[task].pooler == "cls":
-            return self.encoder.pooler(out.last_hidden_state)
+            return out.pooler_output  # the branch's BertPooler
         return self.poolers[task](out.last_hidden_state, attention_mask)
 
     def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:

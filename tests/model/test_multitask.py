@@ -78,5 +78,5 @@ def test_config_round_trips():
 
 
 def test_unknown_sharing_mode():
-    with pytest.raises(ValueError, match="unknown sharing mode"):
+    with pytest.raises(ValueError, match="model.sharing: cannot read 'partly'; expected shared | frozen"):
         model(sharing="partly")

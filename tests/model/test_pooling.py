@@ -217,7 +217,7 @@ def test_multitask_model_builds_and_runs_with_each_pooler(name, train):
     score = m("reg", token_batch() | token_batch((2, 4), suffix="_b"))
     assert logits.shape == (2, 3) and score.shape == (2,)
     (logits.sum() + score.sum()).backward()
-    assert m.encoder.embeddings.word_embeddings.weight.grad is not None
+    assert m.encoder_for("cls3").embeddings.word_embeddings.weight.grad is not None
     if name == "mean_max":
         # The pooler's own dense layer: 2H -> H on the encoder's width, and it trains.
         assert m.poolers["cls3"].dense.weight.shape == (16, 32)
