@@ -33,12 +33,14 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "dev", task_names: list[s
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
     device = default_device()
     model = loaded.model.to(device)
+    model.encoder.unpad = loaded.recipe.speed.unpad
     results: dict = {}
     for name, task in select_tasks(loaded.tasks, task_names).items():
         data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
                                      loaded.recipe.model.max_length, progress=progress)
         require_labels(data, task, split)
-        loader = eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0)
+        loader = eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                             max_tokens=loaded.recipe.speed.eval_max_tokens)
         results[name] = score(task, run_inference(model, task, loader, device=device, progress=progress))
     results["overall"] = overall_score({n: r["main"] for n, r in results.items()})
     return results

@@ -85,8 +85,10 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                                progress=False)
     device = default_device()
-    result = run_inference(loaded.model.to(device), task, eval_loader(tokenized, batch_size,
-                                                                      loaded.tokenizer.pad_token_id or 0),
+    loaded.model.encoder.unpad = loaded.recipe.speed.unpad
+    result = run_inference(loaded.model.to(device), task,
+                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device)
     texts = [[a, b] for a, b in zip(dataset["text_a"], dataset["text_b"])] if task.is_pair \
         else [[a] for a in dataset["text_a"]]
@@ -102,8 +104,10 @@ def predict_split(ckpt: str | Path, task_name: str, split: str, output: Path | N
     task = _task(loaded.tasks, task_name)
     data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer, loaded.recipe.model.max_length)
     device = default_device()
+    loaded.model.encoder.unpad = loaded.recipe.speed.unpad
     result = run_inference(loaded.model.to(device), task,
-                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0),
+                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=True)
     file_name, column = SUBMISSION_FILES.get(task.name, (f"{task.name}-{split}-output.tsv", "Predicted"))
     if split != "test":
