@@ -74,9 +74,11 @@ class TransformersEncoder(nn.Module):
         self.pooler = self.bert.pooler  # dense + tanh on [CLS], called as MultiTaskModel calls ours
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> BertModelOutput:
+                token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> BertModelOutput:
+        # transformers computes every position of every layer; first_token_only only trims the result.
         out = self.bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        return BertModelOutput(out.last_hidden_state, None)
+        hidden = out.last_hidden_state
+        return BertModelOutput(hidden[:, :1] if first_token_only else hidden, None)
 
 
 def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor], recipe: Recipe) -> MultiTaskModel:

@@ -221,6 +221,8 @@ class SpeedConfig:
 
     unpad: bool = True
     "Run the encoder's layers on real tokens only (padding removed); equal results to float rounding."
+    last_layer_cls_only: bool = True
+    "Tasks pooled from [CLS] (cls, cls_raw) run the last layer for [CLS] only: the same results, less work."
     length_pool: int = 64
     "Training batches of similar length: sort within random pools of this many batches, shuffle batches; 0: off."
     fused_optimizer: bool = True

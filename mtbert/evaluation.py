@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from mtbert import checkpoint
+from mtbert import checkpoint, speed
 from mtbert.data.loading import load_split, require_labels
 from mtbert.errors import MtbertError
 from mtbert.inference import eval_loader, run_inference, score
@@ -33,7 +33,7 @@ def evaluate_checkpoint(ckpt: str | Path, split: str = "dev", task_names: list[s
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
     device = default_device()
     model = loaded.model.to(device)
-    model.encoder.unpad = loaded.recipe.speed.unpad
+    speed.set_switches(model, loaded.recipe.speed)
     results: dict = {}
     for name, task in select_tasks(loaded.tasks, task_names).items():
         data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,

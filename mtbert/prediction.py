@@ -10,7 +10,7 @@ from typing import TextIO
 
 import datasets
 
-from mtbert import checkpoint
+from mtbert import checkpoint, speed
 from mtbert.data.encoding import tokenize_split
 from mtbert.data.loading import load_split
 from mtbert.data.reading import SplitData
@@ -85,7 +85,7 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                                progress=False)
     device = default_device()
-    loaded.model.encoder.unpad = loaded.recipe.speed.unpad
+    speed.set_switches(loaded.model, loaded.recipe.speed)
     result = run_inference(loaded.model.to(device), task,
                            eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),
@@ -104,7 +104,7 @@ def predict_split(ckpt: str | Path, task_name: str, split: str, output: Path | N
     task = _task(loaded.tasks, task_name)
     data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer, loaded.recipe.model.max_length)
     device = default_device()
-    loaded.model.encoder.unpad = loaded.recipe.speed.unpad
+    speed.set_switches(loaded.model, loaded.recipe.speed)
     result = run_inference(loaded.model.to(device), task,
                            eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),

@@ -38,12 +38,18 @@ def mixed_precision(speed: SpeedConfig) -> str | None:
     return "bf16" if use_bf16(speed, device) else None
 
 
+def set_switches(model: torch.nn.Module, speed: SpeedConfig) -> torch.nn.Module:
+    """Set a MultiTaskModel's computation switches (what evaluate and predict use; no compilation)."""
+    model.encoder.unpad = speed.unpad
+    model.last_layer_cls_only = speed.last_layer_cls_only
+    return model
+
+
 def prepare_model(model: torch.nn.Module, speed: SpeedConfig) -> torch.nn.Module:
-    """Set the encoder's switches on a MultiTaskModel; compile its layers in place (names unchanged)."""
-    encoder = model.encoder
-    encoder.unpad = speed.unpad
+    """set_switches, then compile the encoder's layers in place (parameter names unchanged) if asked."""
+    set_switches(model, speed)
     if speed.compile:
-        for layer in encoder.encoder.layer:
+        for layer in model.encoder.encoder.layer:
             # In place, so parameter names (and checkpoints) stay those of the plain model.
             layer.compile(dynamic=True)
     return model

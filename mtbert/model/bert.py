@@ -159,6 +159,11 @@ class BertEmbeddings(nn.Module):
 #     for layer in model.encoder.layer:                    # any sequence of layers
 #         hidden = layer(hidden, mask)                     # (N, H)
 #     hidden = model.unpack(hidden, mask)                  # (B, T, H), zeros at padding
+#
+# A layer called with first_token_only=True returns only each sequence's first ([CLS]) token, (B, 1, H),
+# in either layout: keys and values still come from every token, but the query, the attention output and
+# the feed-forward block run on B rows instead of all tokens. A last layer read only through [CLS] (the
+# cls poolers) gives the same [CLS] vector for about 5/6 less of that layer's work.
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -178,6 +183,8 @@ class PackedMask(NamedTuple):
     """(N,) flat position b * T + t of each real token in the padded (B, T) batch, in increasing order."""
     attention: torch.Tensor
     """(B, 1, 1, T) boolean mask, True = real token, for the attention inside each layer."""
+    starts: torch.Tensor
+    """(B,) packed row of each sequence's first real token."""
 
     def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
         """(N, W) -> (B, T, W), zeros at padding."""
@@ -199,13 +206,21 @@ def pack(hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor,
     if mask is None:
         mask = torch.ones(batch, 1, 1, seq_len, dtype=torch.bool, device=hidden.device)  # (B, 1, 1, T)
     positions = mask.reshape(batch * seq_len).nonzero().squeeze(1)  # (N,)
-    packed = PackedMask(positions, mask)
+    lengths = mask.reshape(batch, seq_len).sum(1)  # (B,)
+    packed = PackedMask(positions, mask, lengths.cumsum(0) - lengths)
     return packed.to_packed(hidden), packed  # (N, H)
 
 
 def unpack(hidden: torch.Tensor, mask: PackedMask) -> torch.Tensor:
     """Packed hidden (N, H) -> padded (B, T, H) with zeros at padding (poolers ignore padding anyway)."""
     return mask.to_padded(hidden)
+
+
+def first_tokens(hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
+    """Each sequence's first token, (B, 1, H), from padded (B, T, H) or packed (N, H) hidden states."""
+    if isinstance(mask, PackedMask):
+        return hidden.index_select(0, mask.starts).unsqueeze(1)  # (B, 1, H)
+    return hidden[:, :1]  # (B, 1, H)
 
 
 # --------------------------------------------------------------------------------------
@@ -229,13 +244,18 @@ class BertSelfAttention(nn.Module):
         x = x.view(batch, seq_len, self.num_heads, self.head_dim)  # (B, T, nh, D)
         return x.transpose(1, 2)  # (B, nh, T, D)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
-        """Padded (B, T, H) with (B, 1, 1, T) or None, or packed (N, H) with a PackedMask -> same layout."""
-        query, key, value = self.query(hidden), self.key(hidden), self.value(hidden)  # (B, T, H) or (N, H)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """Padded (B, T, H) with (B, 1, 1, T) or None, or packed (N, H) with a PackedMask -> same layout;
+        with first_token_only, the first token's result only: (B, 1, H)."""
+        key, value = self.key(hidden), self.value(hidden)  # (B, T, H) or (N, H)
+        query = self.query(first_tokens(hidden, mask) if first_token_only else hidden)  # (B, 1, H) or as hidden
         packed = isinstance(mask, PackedMask)
         if packed:
-            query, key, value = (mask.to_padded(x) for x in (query, key, value))  # (B, T, H) each
-        batch, seq_len, width = query.shape
+            key, value = mask.to_padded(key), mask.to_padded(value)  # (B, T, H) each
+            if not first_token_only:
+                query = mask.to_padded(query)  # (B, T, H)
+        batch, query_len, width = query.shape
         context = F.scaled_dot_product_attention(
             self._split_heads(query),  # (B, nh, T, D)
             self._split_heads(key),  # (B, nh, T, D)
@@ -243,9 +263,9 @@ class BertSelfAttention(nn.Module):
             attn_mask=mask.attention if packed else mask,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_dim),
-        )  # (B, nh, T, D)
-        context = context.transpose(1, 2).reshape(batch, seq_len, width)  # (B, T, nh, D) -> (B, T, H)
-        return mask.to_packed(context) if packed else context  # (N, H) or (B, T, H)
+        )  # (B, nh, Tq, D), Tq = T or 1
+        context = context.transpose(1, 2).reshape(batch, query_len, width)  # (B, Tq, nh, D) -> (B, Tq, H)
+        return mask.to_packed(context) if packed and not first_token_only else context  # (N, H) or (B, Tq, H)
 
 
 class BertSelfOutput(nn.Module):
@@ -269,8 +289,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
-        return self.output(self.self(hidden, mask), hidden)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        residual = first_tokens(hidden, mask) if first_token_only else hidden
+        return self.output(self.self(hidden, mask, first_token_only), residual)
 
 
 # --------------------------------------------------------------------------------------
@@ -318,10 +340,12 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
         """hidden (B, T, H) with mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H);
-        or packed hidden (N, H) with the PackedMask from ``pack`` -> (N, H)."""
-        attended = self.attention(hidden, mask)
+        or packed hidden (N, H) with the PackedMask from ``pack`` -> (N, H);
+        with first_token_only, either way -> (B, 1, H), each sequence's first token only."""
+        attended = self.attention(hidden, mask, first_token_only)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -332,10 +356,13 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
-        """Padded (B, T, H) or packed (N, H) hidden states, with their mask -> the same layout."""
-        for layer in self.layer:
-            hidden = layer(hidden, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """Padded (B, T, H) or packed (N, H) hidden states, with their mask -> the same layout, or (B, 1, H)
+        with first_token_only (the last layer computes the first token only)."""
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            hidden = layer(hidden, mask, first_token_only and index == last)
         return hidden
 
 
@@ -356,7 +383,8 @@ class BertPooler(nn.Module):
 
 class BertModelOutput(NamedTuple):
     last_hidden_state: torch.Tensor
-    """(B, T, H) output of the last layer; positions where attention_mask is 0 are meaningless."""
+    """(B, T, H) output of the last layer; positions where attention_mask is 0 are meaningless. (B, 1, H),
+    the first token only, when forward was called with first_token_only."""
     pooler_output: torch.Tensor | None
     """(B, H) pooled first token, or None for a model built without a pooler."""
 
@@ -420,14 +448,17 @@ class BertModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        first_token_only: bool = False,
     ) -> BertModelOutput:
+        """first_token_only: the last layer computes each sequence's first token only (what the pooler and
+        any [CLS] reader use): last_hidden_state is then (B, 1, H)."""
         hidden = self.embed(input_ids, token_type_ids)  # (B, T, H)
         mask = self.attention_mask_for(attention_mask)  # (B, 1, 1, T) or None
         if self.unpad and mask is not None:
-            packed, packed_mask = self.pack(hidden, mask)  # (N, H)
-            hidden = self.unpack(self.encoder(packed, packed_mask), packed_mask)  # (B, T, H)
-        else:
-            hidden = self.encoder(hidden, mask)  # (B, T, H)
+            hidden, mask = self.pack(hidden, mask)  # (N, H), PackedMask
+        hidden = self.encoder(hidden, mask, first_token_only)  # (B, T, H), (N, H), or (B, 1, H)
+        if isinstance(mask, PackedMask) and not first_token_only:
+            hidden = self.unpack(hidden, mask)  # (B, T, H)
         pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
         return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
 

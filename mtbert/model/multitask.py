@@ -58,7 +58,15 @@ class MultiTaskConfig:
         return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=data.get("sharing", "shared"))
 
 
+# Poolers that read the last layer at the [CLS] position only.
+FIRST_TOKEN_POOLERS = ("cls", "cls_raw")
+
+
 class MultiTaskModel(nn.Module):
+    last_layer_cls_only: bool = False
+    """Tasks pooled from [CLS] run the encoder's last layer for the [CLS] token only: the same vectors, less
+    work. A plain attribute the caller sets (mtbert's recipes: speed.last_layer_cls_only)."""
+
     def __init__(self, config: MultiTaskConfig, encoder: BertModel | None = None):
         super().__init__()
         if config.sharing not in SHARING_MODES:
@@ -82,7 +90,9 @@ class MultiTaskModel(nn.Module):
     def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor) -> torch.Tensor:
         """Encode and pool: (B, T) ids -> (B, H)."""
-        out = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        first_token_only = self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
+        out = self.encoder(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           first_token_only=first_token_only)  # last_hidden_state (B, T, H) or (B, 1, H)
         if self.config.tasks[task].pooler == "cls":
             return self.encoder.pooler(out.last_hidden_state)
         return self.poolers[task](out.last_hidden_state, attention_mask)

@@ -168,6 +168,7 @@ def test_pack_unpack_round_trip_and_no_mask():
     packed, packed_mask = pack(hidden, mask)
     assert packed.shape == (sum(LENGTHS), 5)
     assert packed_mask.positions.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15]
+    assert packed_mask.starts.tolist() == [0, 7, 11]
     back = unpack(packed, packed_mask)
     real = mask[:, 0, 0]
     assert torch.equal(back[real], hidden[real]) and torch.all(back[~real] == 0)
@@ -204,6 +205,50 @@ def test_unpadded_dropout_still_only_in_training():
     model.eval()
     with torch.no_grad():
         assert torch.equal(model(**batch).pooler_output, model(**batch).pooler_output)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_first_token_only_matches_transformers_cls(unpad: bool):
+    """The last layer run for [CLS] alone gives transformers' [CLS] vector and pooled output."""
+    hf_model = randomized_hf_model(tiny_hf_config())
+    model = our_copy_of(hf_model)
+    model.unpad = unpad
+    batch = padded_batch()
+    with torch.no_grad():
+        expected = hf_model(**batch)
+        actual = model(**batch, first_token_only=True)
+    assert actual.last_hidden_state.shape == (len(LENGTHS), 1, 64)
+    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state[:, :1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_first_token_only_gradients_equal_the_full_last_layer(unpad: bool):
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    full, shortcut = BertModel(config).train(), BertModel(config).train()
+    shortcut.load_state_dict(full.state_dict())
+    full.unpad = shortcut.unpad = unpad
+    batch = padded_batch()
+    grads = []
+    for model, first_only in ((full, False), (shortcut, True)):
+        out = model(**batch, first_token_only=first_only)
+        (out.pooler_output.square().sum() + out.last_hidden_state[:, 0].sum()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_layer_first_token_only_in_a_caller_driven_loop():
+    model = our_copy_of(randomized_hf_model(tiny_hf_config()))
+    batch = padded_batch()
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+        hidden, mask = model.pack(model.embed(batch["input_ids"], batch["token_type_ids"]),
+                                  model.attention_mask_for(batch["attention_mask"]))
+        hidden = model.encoder.layer[0](hidden, mask)
+        first = model.encoder.layer[1](hidden, mask, first_token_only=True)
+    torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=0)
 
 
 def test_padding_mask_shape_and_meaning():
