@@ -339,6 +339,53 @@ def agreement(task: Task, ours: TaskPredictions, theirs: TaskPredictions) -> dic
 
 
 # ---------------------------------------------------------------------------------------------
+# Where the time goes
+
+# Operator name -> category, for a readable split of a training step's time (first match wins).
+PROFILE_CATEGORIES = (
+    ("matrix products", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_scaled_dot_product")),
+    ("dropout masks (random numbers)", ("aten::bernoulli_", "aten::uniform_", "aten::rand")),
+    ("optimizer step and zeroing", ("aten::_fused_adamw", "aten::_foreach", "aten::lerp", "aten::addcdiv",
+                                    "aten::addcmul", "aten::sqrt", "Optimizer.zero_grad")),
+    ("attention softmax and masking", ("aten::_softmax", "aten::_safe_softmax", "aten::where", "aten::all",
+                                       "aten::isneginf", "aten::logical_not")),
+    ("LayerNorm", ("aten::native_layer_norm",)),
+    ("GELU", ("aten::gelu",)),
+    ("gathers and scatters (packing, embeddings)", ("aten::index", "aten::scatter", "aten::embedding",
+                                                    "aten::gather", "aten::nonzero")),
+    ("copies and fills", ("aten::copy_", "aten::fill_", "aten::zero_", "aten::clone", "aten::contiguous")),
+    ("element-wise arithmetic and reductions", ("aten::mul", "aten::add", "aten::div", "aten::sum", "aten::sub",
+                                               "aten::linalg_vector_norm", "aten::clamp", "aten::tanh")),
+)
+
+
+def profile_training(model, optimizer, batches: list, tasks: dict[str, Task], recipe: Recipe, device: torch.device,
+                     bf16: bool, folder: Path, side: str) -> dict:
+    """Profile a few training steps with torch.profiler: the operator table and a Chrome trace go to `folder`,
+    the share of self time per category comes back."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    model.train()
+    with profile(activities=activities) as profiler:
+        for step in batches:
+            train_step(model, optimizer, [(n, _to(b, device)) for n, b in step], tasks, recipe.train.grad_clip,
+                       device, bf16)
+        _sync(device)
+    events = profiler.key_averages()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{side}-train.txt").write_text(events.table(sort_by="self_cpu_time_total", row_limit=40))
+    profiler.export_chrome_trace(str(folder / f"{side}-train-trace.json"))
+    shares: dict[str, float] = {}
+    for event in events:
+        category = next((name for name, prefixes in PROFILE_CATEGORIES if event.key.startswith(prefixes)), "other")
+        shares[category] = shares.get(category, 0.0) + event.self_cpu_time_total
+    total = sum(shares.values()) or 1.0
+    return {"steps": len(batches), "self_cpu_s": total / 1e6,
+            "shares": dict(sorted(((k, v / total) for k, v in shares.items()), key=lambda item: -item[1]))}
+
+
+# ---------------------------------------------------------------------------------------------
 # Peak memory, one fresh process per side and phase
 
 
@@ -430,7 +477,8 @@ def machine_description(device: torch.device) -> dict:
 
 
 def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str | None = None,
-              predict_limit: int = 512, memory: bool = True, say=print) -> dict:
+              predict_limit: int = 512, memory: bool = True, profile: Path | None = None,
+              profile_steps: int = 6, say=print) -> dict:
     """Measure, and return everything as one JSON-ready dict (see the module docstring for the method)."""
     import transformers
     from accelerate.utils import set_seed
@@ -469,6 +517,13 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
             regroup(plan[warmup:], data, recipe.speed.length_pool, recipe.seed)
     batches = {side: collate_plan(plans[side], data, pad_id) for side in sides}
     train_tallies = time_training(models, optimizers, batches, data.tasks, recipe, warmup, device, bf16)
+    profiles = {}
+    if profile is not None:
+        say(f"profiling {profile_steps} training steps per side into {profile} ...")
+        for side in sides:
+            profiles[side] = profile_training(models[side], optimizers[side],
+                                              batches[side][warmup: warmup + profile_steps], data.tasks, recipe,
+                                              device, bf16, Path(profile), side)
 
     say(f"prediction: up to {predict_limit} dev examples per task per side ...")
     # Training moved the two sides apart (different batch orders): predict from the starting weights again.
@@ -494,6 +549,8 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
         "train": {side: train_tallies[side].figures(peak["flops_per_s"]) for side in sides},
         "predict": {side: predict_tallies[side].figures(peak["flops_per_s"]) for side in sides},
     }
+    for side, profiled in profiles.items():
+        result["train"][side]["profile"] = profiled
     if compare:
         result["parity_max_abs_diff"] = parity
         result["predict"]["agreement"] = {name: agreement(data.tasks[name], outputs["mtbert"][name],
@@ -569,4 +626,9 @@ def format_report(result: dict) -> str:
             lines.append(f"predictions {name}: {detail}")
         lines.append("same weights, one dev batch per task: max |output difference| "
                      f"{result['parity_max_abs_diff']:.2e}")
+    for side in sides:
+        profiled = result["train"][side].get("profile")
+        if profiled:
+            lines += ["", f"where {side}'s training time goes ({profiled['steps']} steps, share of self time):"]
+            lines += [f"  {share:6.1%}  {category}" for category, share in profiled["shares"].items()]
     return "\n".join(lines)

@@ -158,6 +158,9 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
           memory: Annotated[bool, typer.Option(help="Measure peak memory (a fresh process per side and "
                                                     "phase).")] = True,
           output: Annotated[Optional[Path], typer.Option(help="Write every figure as JSON here.")] = None,
+          profile: Annotated[Optional[Path], typer.Option(help="Also profile a few training steps per side "
+                                                               "(torch.profiler tables and traces into this "
+                                                               "folder).")] = None,
           data_dir: DataDir = None):
     """Time training and prediction on the recipe's real batches: tokens/s, s/step, MFU, peak memory.
 
@@ -169,11 +172,12 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
     from mtbert.config import load_recipe
 
     result = run_bench(load_recipe(recipe, list(overrides or []), data_dir=data_dir), steps=steps, warmup=warmup,
-                       compare=compare, predict_limit=predict_examples, memory=memory,
+                       compare=compare, predict_limit=predict_examples, memory=memory, profile=profile,
                        say=lambda message: typer.echo(message, err=True))
     result["command"] = " ".join(["mtbert bench", str(recipe), *(overrides or []), f"--steps {steps}",
                                   f"--warmup {warmup}", f"--predict-examples {predict_examples}",
                                   *([f"--compare {compare}"] if compare else []), *([] if memory else ["--no-memory"]),
+                                  *([f"--profile {profile}"] if profile else []),
                                   *([f"--data-dir {data_dir}"] if data_dir else [])])
     typer.echo(format_report(result))
     if output is not None:

@@ -148,3 +148,13 @@ def test_bench_command_measures_memory_per_side_and_writes_json(tmp_path, tokeni
         assert "peak_rss_mib" in written[phase]["ratio"]
     assert written["settings"]["speed"]["length_pool"] == 0
     assert written["command"].startswith("mtbert bench")
+
+
+def test_profile_writes_tables_and_splits_the_time(recipe, tmp_path):
+    result = run_bench(recipe, steps=2, warmup=1, compare="transformers", predict_limit=8, memory=False,
+                       profile=tmp_path / "prof", profile_steps=2, say=lambda message: None)
+    for side in ("mtbert", "transformers"):
+        assert (tmp_path / "prof" / f"{side}-train.txt").read_text().count("aten::") > 5
+        assert (tmp_path / "prof" / f"{side}-train-trace.json").is_file()
+        shares = result["train"][side]["profile"]["shares"]
+        assert sum(shares.values()) == pytest.approx(1.0) and shares["matrix products"] > 0
