@@ -629,6 +629,7 @@ def format_report(result: dict) -> str:
     for side in sides:
         profiled = result["train"][side].get("profile")
         if profiled:
-            lines += ["", f"where {side}'s training time goes ({profiled['steps']} steps, share of self time):"]
+            owner = f"{side}'" if side.endswith("s") else f"{side}'s"
+            lines += ["", f"where {owner} training time goes ({profiled['steps']} steps, share of self time):"]
             lines += [f"  {share:6.1%}  {category}" for category, share in profiled["shares"].items()]
     return "\n".join(lines)

@@ -257,13 +257,13 @@ class BertSelfAttention(nn.Module):
                 query = mask.to_padded(query)  # (B, T, H)
         batch, query_len, width = query.shape
         context = F.scaled_dot_product_attention(
-            self._split_heads(query),  # (B, nh, T, D)
+            self._split_heads(query),  # (B, nh, Tq, D), Tq = T or 1
             self._split_heads(key),  # (B, nh, T, D)
             self._split_heads(value),  # (B, nh, T, D)
             attn_mask=mask.attention if packed else mask,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_dim),
-        )  # (B, nh, Tq, D), Tq = T or 1
+        )  # (B, nh, Tq, D)
         context = context.transpose(1, 2).reshape(batch, query_len, width)  # (B, Tq, nh, D) -> (B, Tq, H)
         return mask.to_packed(context) if packed and not first_token_only else context  # (N, H) or (B, Tq, H)
 
