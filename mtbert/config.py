@@ -288,6 +288,26 @@ class TrackingConfig:
 
 
 @dataclass
+class SpeedConfig:
+    """How the run computes: switches that make it faster without changing what it learns (bf16 excepted)."""
+
+    unpad: bool = True
+    "Run the encoder's layers on real tokens only (padding removed); equal results to float rounding."
+    last_layer_cls_only: bool = True
+    "Tasks pooled from [CLS] (cls, cls_raw) run the last layer for [CLS] only: the same results, less work."
+    length_pool: int = 64
+    "Training batches of similar length: sort within random pools of this many batches, shuffle batches; 0: off."
+    fused_optimizer: bool = True
+    "torch AdamW's fused kernel: one pass per parameter, equal results to float rounding (not for mtbert_adamw)."
+    bf16: bool = False
+    "bf16 autocast where the hardware has it (CPU with AVX512-BF16 or AMX, CUDA); faster, changes numbers slightly."
+    compile: bool = False
+    "torch.compile each encoder layer (dynamic shapes); compiling takes minutes before the first step."
+    eval_max_tokens: int | None = None
+    "Evaluation batches (longest first) hold at most this many padded tokens; null: eval.batch_size rows each."
+
+
+@dataclass
 class Recipe:
     """A whole run."""
 
@@ -311,6 +331,8 @@ class Recipe:
     "Evaluation during training."
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     "Experiment trackers (tensorboard, wandb, ...) besides the JSONL log."
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    "Packed layers, length-grouped batches, fused optimizer, bf16, compilation."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,6 +576,10 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
         raise err(("train", "checkpoint_every"), f"must be 0 (end only) or more, got {recipe.train.checkpoint_every}")
     if recipe.train.keep_checkpoints < 1:
         raise err(("train", "keep_checkpoints"), f"must be at least 1, got {recipe.train.keep_checkpoints}")
+    if recipe.speed.length_pool < 0:
+        raise err(("speed", "length_pool"), f"must be 0 (off) or a number of batches, got {recipe.speed.length_pool}")
+    if recipe.speed.eval_max_tokens is not None and recipe.speed.eval_max_tokens < 1:
+        raise err(("speed", "eval_max_tokens"), "must be at least 1, or null")
     if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
         raise err(("train", "max_steps"), "must be at least 1")
     if not 0 <= recipe.train.warmup_ratio < 1:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from mtbert import checkpoint
+from mtbert import checkpoint, speed
 from mtbert.data.loading import load_split, require_labels
 from mtbert.errors import MtbertError
 from mtbert.inference import TaskPredictions, eval_loader, run_inference, score
@@ -49,12 +49,14 @@ def predict_tasks(loaded: checkpoint.LoadedModel, split: str, task_names: list[s
     """Run a loaded model over a labelled split of each of its tasks (or of `task_names`)."""
     device = default_device()
     model = loaded.model.to(device)
+    speed.set_switches(model, loaded.recipe.speed)
     out = {}
     for name, task in select_tasks(loaded.tasks, task_names).items():
         data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
                                      loaded.recipe.model.max_length, progress=progress)
         require_labels(data, task, split)
-        loader = eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0)
+        loader = eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                             max_tokens=loaded.recipe.speed.eval_max_tokens)
         result = run_inference(model, task, loader, device=device, progress=progress)
         out[name] = SplitPredictions(task, list(data.dataset["id"]), result)
     return out

@@ -1,8 +1,10 @@
 """Run a model over a tokenised split: predictions in the split's order, and their scores.
 
 Examples are batched longest-first, so batches hold examples of similar length and waste little on
-padding; the original order is restored at the end. `gather` lets a multi-process caller collect the
-results of every process (train.py passes Accelerate's gather_for_metrics).
+padding; the original order is restored at the end. A batch holds `batch_size` examples, or, with a
+token budget, as many as fit in `max_tokens` padded tokens (up to `batch_size`), so short examples go
+in larger batches. `gather` lets a multi-process caller collect the results of every process (train.py
+passes Accelerate's gather_for_metrics).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mtbert.data.collate import collate
+from mtbert.data.length_grouping import example_lengths
 from mtbert.metrics import compute_metrics, main_score
 from mtbert.objectives.losses import predictions
 from mtbert.tasks import Task
@@ -35,10 +38,8 @@ class _SortedRows(torch.utils.data.Dataset):
     """Positions in length order; each item is the position, so the batch knows where it came from."""
 
     def __init__(self, dataset: datasets.Dataset):
-        lengths = np.array([len(ids) for ids in dataset["input_ids"]])
-        if "input_ids_b" in dataset.column_names:
-            lengths = np.maximum(lengths, [len(ids) for ids in dataset["input_ids_b"]])
-        self.order = np.argsort(-lengths, kind="stable")
+        self.lengths = example_lengths(dataset)
+        self.order = np.argsort(-self.lengths, kind="stable")
 
     def __len__(self) -> int:
         return len(self.order)
@@ -47,7 +48,22 @@ class _SortedRows(torch.utils.data.Dataset):
         return int(self.order[position])
 
 
-def eval_loader(dataset: datasets.Dataset, batch_size: int, pad_id: int) -> torch.utils.data.DataLoader:
+def token_budget_batches(sorted_lengths: np.ndarray, batch_size: int, max_tokens: int,
+                         sequences_per_example: int = 1) -> list[list[int]]:
+    """Cut positions 0..n-1 of examples sorted longest first into batches of at most `batch_size` examples
+    and `max_tokens` padded tokens (examples x the first, longest length x sequences per example); an
+    example longer than the budget goes alone."""
+    batches, start = [], 0
+    while start < len(sorted_lengths):
+        per_example = int(sorted_lengths[start]) * sequences_per_example
+        size = max(1, min(batch_size, max_tokens // max(per_example, 1)))
+        batches.append(list(range(start, min(start + size, len(sorted_lengths)))))
+        start += size
+    return batches
+
+
+def eval_loader(dataset: datasets.Dataset, batch_size: int, pad_id: int,
+                max_tokens: int | None = None) -> torch.utils.data.DataLoader:
     columns = [c for c in dataset.column_names if c.startswith(("input_ids", "token_type_ids")) or c == "label"]
     rows = dataset.select_columns(columns)
 
@@ -56,8 +72,13 @@ def eval_loader(dataset: datasets.Dataset, batch_size: int, pad_id: int) -> torc
         batch["index"] = torch.tensor(indices)
         return batch
 
-    return torch.utils.data.DataLoader(_SortedRows(dataset), batch_size=batch_size, shuffle=False,
-                                       collate_fn=collate_rows)
+    positions = _SortedRows(dataset)
+    if max_tokens is None:
+        return torch.utils.data.DataLoader(positions, batch_size=batch_size, shuffle=False, collate_fn=collate_rows)
+    # A siamese pair is two sequences through the encoder.
+    sequences = 2 if "input_ids_b" in dataset.column_names else 1
+    batches = token_budget_batches(positions.lengths[positions.order], batch_size, max_tokens, sequences)
+    return torch.utils.data.DataLoader(positions, batch_sampler=batches, collate_fn=collate_rows)
 
 
 @torch.no_grad()

@@ -81,8 +81,9 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {"adamw": torch.optim.AdamW
 
 
 def build_optimizer(name: str, param_groups: Iterable, *, lr: float, betas: Iterable[float],
-                    eps: float) -> torch.optim.Optimizer:
-    """The optimizer `name` over `param_groups` (each group may set its own weight_decay)."""
+                    eps: float, **options) -> torch.optim.Optimizer:
+    """The optimizer `name` over `param_groups` (each group may set its own weight_decay); `options` go to
+    the optimizer as they are (e.g. fused=True for torch's AdamW, from speed.optimizer_options)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; expected one of: {', '.join(OPTIMIZERS)}")
-    return OPTIMIZERS[name](param_groups, lr=lr, betas=tuple(betas), eps=eps)
+    return OPTIMIZERS[name](param_groups, lr=lr, betas=tuple(betas), eps=eps, **options)

@@ -10,7 +10,7 @@ from typing import TextIO
 
 import datasets
 
-from mtbert import checkpoint
+from mtbert import checkpoint, speed
 from mtbert.data.encoding import tokenize_split
 from mtbert.data.loading import load_split
 from mtbert.data.reading import SplitData
@@ -88,8 +88,10 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                                progress=watched)
     device = default_device()
-    result = run_inference(loaded.model.to(device), task, eval_loader(tokenized, batch_size,
-                                                                      loaded.tokenizer.pad_token_id or 0),
+    speed.set_switches(loaded.model, loaded.recipe.speed)
+    result = run_inference(loaded.model.to(device), task,
+                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=watched)
     texts = [[a, b] for a, b in zip(dataset["text_a"], dataset["text_b"])] if task.is_pair \
         else [[a] for a in dataset["text_a"]]
@@ -123,8 +125,10 @@ def _write_split(loaded: checkpoint.LoadedModel, task: Task, split: str, target:
     data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
                                  loaded.recipe.model.max_length, report=report)
     device = default_device()
+    speed.set_switches(loaded.model, loaded.recipe.speed)
     result = run_inference(loaded.model.to(device), task,
-                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0),
+                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=True)
     path = write_submission(target, task, split, data.dataset["id"], result.predictions)
     if data.skipped_lines:

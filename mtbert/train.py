@@ -30,7 +30,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from mtbert import checkpoint, faults
+from mtbert import checkpoint, faults, speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.sampling import TaskSampler, total_steps
@@ -179,14 +179,15 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
     tasks, tokenizer = data.tasks, data.tokenizer
-    model = build_model(recipe, tasks, tokenizer)
+    model = speed.prepare_model(build_model(recipe, tasks, tokenizer), recipe.speed)
     counts = parameter_counts(model)
     accelerator.print(format_counts(counts))
 
     pad_id = tokenizer.pad_token_id or 0
     streams = {name: TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=pad_id,
                                 num_processes=accelerator.num_processes, process_index=accelerator.process_index,
-                                max_examples=task.max_train_examples, class_balanced=task.class_balanced)
+                                max_examples=task.max_train_examples, class_balanced=task.class_balanced,
+                                length_pool=recipe.speed.length_pool)
                for i, (name, task) in enumerate(tasks.items())}
     sampler = TaskSampler(recipe.sampling.strategy, {n: s.pass_size for n, s in streams.items()},
                           {n: s.batches_per_pass for n, s in streams.items()}, seed=recipe.seed,
@@ -200,7 +201,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                       f"{steps_per_epoch} steps per epoch | {steps} steps | eval every {eval_every} steps")
 
     optimizer = build_optimizer(recipe.train.optimizer, optimizer_groups(model, recipe.train.weight_decay),
-                                lr=recipe.train.lr, betas=recipe.train.betas, eps=recipe.train.eps)
+                                lr=recipe.train.lr, betas=recipe.train.betas, eps=recipe.train.eps,
+                                **speed.optimizer_options(recipe.speed, recipe.train.optimizer))
     # Stepped by hand once per optimizer step: the schedule is counted in optimizer steps whatever the
     # number of processes, so it is not handed to accelerator.prepare (which would step it per process).
     scheduler = linear_schedule(optimizer, int(recipe.train.warmup_ratio * steps), steps)
@@ -209,7 +211,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     dev_loaders = {name: accelerator.prepare(eval_loader(ds.select(range(min(len(ds), recipe.eval.max_examples)))
                                                          if recipe.eval.max_examples else ds,
-                                                         recipe.eval.batch_size, pad_id))
+                                                         recipe.eval.batch_size, pad_id,
+                                                         max_tokens=recipe.speed.eval_max_tokens))
                    for name, ds in data.dev.items()}
 
     if accelerator.is_main_process:
@@ -244,13 +247,14 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                 with accelerator.accumulate(model):
                     loss = torch.zeros((), device=accelerator.device)
                     for name in sampler.tasks_at(micro_step):
-                        batch = {k: v.to(accelerator.device) for k, v in streams[name].next_batch().items()}
+                        host_batch = streams[name].next_batch()
+                        tokens += speed.real_tokens(host_batch)  # counted on the host: no wait for the device
+                        batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in host_batch.items()}
                         task_loss = LOSSES[tasks[name].loss](model(name, batch), batch["labels"])
                         task_loss = faults.loss(step + 1, task_loss)
                         guard.observe(step + 1, name, task_loss)
                         loss = loss + tasks[name].loss_weight * task_loss
                         losses.add(name, task_loss)
-                        tokens += sum(int(v.sum()) for k, v in batch.items() if k.startswith("attention_mask"))
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if zero_stage == 3:
@@ -385,7 +389,8 @@ def make_accelerator(recipe: Recipe) -> Accelerator:
     cpu = several and no_device and not deepspeed
     trackers = recipe.tracking.trackers
     return Accelerator(gradient_accumulation_steps=recipe.train.grad_accum, kwargs_handlers=handlers, cpu=cpu,
-                       log_with=trackers or None, project_dir=logging_dir(recipe) if trackers else None)
+                       mixed_precision=speed.mixed_precision(recipe.speed), log_with=trackers or None,
+                       project_dir=logging_dir(recipe) if trackers else None)
 
 
 def configure_deepspeed(accelerator: Accelerator, recipe: Recipe) -> None:

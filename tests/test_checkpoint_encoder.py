@@ -272,6 +272,13 @@ def test_all_minilm_l6_v2_matches_transformers():
     # summation order), so 1e-5 is not loosened for either.
     torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(actual.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+    # The unpadded path (layers on real tokens only) gives the same real rows.
+    ours.unpad = True
+    with torch.no_grad():
+        unpadded = ours(**inputs)
+    real = inputs["attention_mask"].bool()
+    torch.testing.assert_close(unpadded.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(unpadded.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
 
 
 class TensorDict(dict):

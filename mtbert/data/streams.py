@@ -4,7 +4,9 @@ A task's examples are visited in a fresh random order each pass (a "task epoch")
 run seed, the task's position and the pass number, so the order never depends on how many processes
 run or on what happened before a resume. Each step takes one global batch (batch size x processes)
 and every process keeps its own slice of it: every process trains the same task at the same step,
-and two processes at batch 16 see exactly the examples of one process at batch 32.
+and two processes at batch 16 see exactly the examples of one process at batch 32. With
+`length_pool` set, each pass's order is length-grouped (see length_grouping.py), which depends on the
+global batch size as well.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 
 from mtbert.data.collate import collate
+from mtbert.data.length_grouping import example_lengths, group_by_length
 
 
 @dataclass
@@ -30,13 +33,15 @@ class StreamState:
 class TaskStream:
     def __init__(self, dataset: datasets.Dataset, batch_size: int, *, seed: int, stream_id: int, pad_id: int,
                  num_processes: int = 1, process_index: int = 0, max_examples: int | None = None,
-                 class_balanced: bool = False):
+                 class_balanced: bool = False, length_pool: int = 0):
         self.dataset = dataset
         self.global_batch = batch_size * num_processes
         self.seed, self.stream_id, self.pad_id = seed, stream_id, pad_id
         self.num_processes, self.process_index = num_processes, process_index
         self.pass_size = min(len(dataset), max_examples) if max_examples else len(dataset)
         self.weights = _balancing_weights(dataset["label"]) if class_balanced else None
+        self.length_pool = length_pool
+        self.lengths = example_lengths(dataset) if length_pool else None
         self.state = StreamState()
         self._order = self._order_for(0)
 
@@ -48,10 +53,18 @@ class TaskStream:
         seed = int(np.random.SeedSequence([self.seed, self.stream_id, pass_index]).generate_state(1)[0])
         generator = torch.Generator().manual_seed(seed)
         if self.weights is not None:
-            return torch.multinomial(self.weights, self.pass_size, replacement=True, generator=generator)
-        return torch.randperm(len(self.dataset), generator=generator)[: self.pass_size]
+            order = torch.multinomial(self.weights, self.pass_size, replacement=True, generator=generator)
+        else:
+            order = torch.randperm(len(self.dataset), generator=generator)[: self.pass_size]
+        if self.length_pool:
+            order = group_by_length(order, self.lengths, self.global_batch, self.length_pool, generator)
+        return order
 
     def next_batch(self) -> dict[str, torch.Tensor]:
+        return collate(self.dataset[self.next_indices()], self.pad_id)
+
+    def next_indices(self) -> list[int]:
+        """This process's examples of the next batch (dataset indices); advances the stream like next_batch."""
         start = self.state.position
         # A last global batch too small to give every process an example is dropped.
         if self.pass_size - start < self.num_processes:
@@ -60,8 +73,7 @@ class TaskStream:
             start = 0
         indices = self._order[start: start + self.global_batch]
         self.state.position = start + len(indices)
-        local = indices[self.process_index:: self.num_processes].tolist()
-        return collate(self.dataset[local], self.pad_id)
+        return indices[self.process_index:: self.num_processes].tolist()
 
     def state_dict(self) -> dict:
         return {"passes": self.state.passes, "position": self.state.position}

@@ -1,4 +1,4 @@
-"""A BERT encoder written out by hand, read top to bottom: config, embeddings, attention,
+"""A BERT encoder written out by hand, read top to bottom: config, embeddings, packing, attention,
 feed-forward, layer, encoder, pooler, model.
 
 Every parameter name equals the key Hugging Face uses in a BERT checkpoint, so a converted
@@ -142,7 +142,28 @@ class BertEmbeddings(nn.Module):
 
 
 # --------------------------------------------------------------------------------------
-# Attention
+# Masks and packing
+#
+# A layer takes its hidden states in one of two layouts, told apart by the mask that comes with them:
+#   padded  hidden (B, T, H) with the boolean mask from ``padding_mask`` (B, 1, 1, T), or None;
+#   packed  hidden (N, H), the N real tokens of the batch only, with the ``PackedMask`` from ``pack``.
+# Everything in a layer but attention works token by token, so on packed input the projections, the
+# feed-forward block, LayerNorm and dropout do no work on padding: at fine-tuning lengths they are almost
+# all of the FLOPs, and batches padded to their longest example are often mostly padding. Attention mixes
+# the tokens of a sequence, so it scatters its queries, keys and values back to (B, T, H), runs the usual
+# masked attention and keeps the real rows. A caller driving the layers itself packs once around its loop:
+#
+#     hidden = model.embed(input_ids, token_type_ids)      # (B, T, H)
+#     mask = model.attention_mask_for(attention_mask)      # (B, 1, 1, T)
+#     hidden, mask = model.pack(hidden, mask)              # (N, H), PackedMask
+#     for layer in model.encoder.layer:                    # any sequence of layers
+#         hidden = layer(hidden, mask)                     # (N, H)
+#     hidden = model.unpack(hidden, mask)                  # (B, T, H), zeros at padding
+#
+# A layer called with first_token_only=True returns only each sequence's first ([CLS]) token, (B, 1, H),
+# in either layout: keys and values still come from every token, but the query, the attention output and
+# the feed-forward block run on B rows instead of all tokens. A last layer read only through [CLS] (the
+# cls poolers) gives the same [CLS] vector for about 5/6 less of that layer's work.
 
 
 def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -153,6 +174,57 @@ def padding_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     if attention_mask is None:
         return None
     return (attention_mask != 0)[:, None, None, :]  # (B, 1, 1, T)
+
+
+class PackedMask(NamedTuple):
+    """What the layers need to run on packed tokens: where each real token sits in the padded batch."""
+
+    positions: torch.Tensor
+    """(N,) flat position b * T + t of each real token in the padded (B, T) batch, in increasing order."""
+    attention: torch.Tensor
+    """(B, 1, 1, T) boolean mask, True = real token, for the attention inside each layer."""
+    starts: torch.Tensor
+    """(B,) packed row of each sequence's first real token."""
+
+    def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
+        """(N, W) -> (B, T, W), zeros at padding."""
+        batch, seq_len = self.attention.shape[0], self.attention.shape[-1]
+        padded = packed.new_zeros(batch * seq_len, packed.shape[-1])  # (B*T, W)
+        return padded.index_copy(0, self.positions, packed).view(batch, seq_len, -1)  # (B, T, W)
+
+    def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) -> (N, W), the real rows only."""
+        return padded.reshape(-1, padded.shape[-1]).index_select(0, self.positions)  # (N, W)
+
+
+def pack(hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, PackedMask]:
+    """Padded hidden (B, T, H) and its ``padding_mask`` (or None: no padding) -> packed (N, H), PackedMask.
+
+    Finding the real tokens reads the mask, which waits for the device on a GPU (one sync per call).
+    """
+    batch, seq_len, width = hidden.shape
+    if mask is None:
+        mask = torch.ones(batch, 1, 1, seq_len, dtype=torch.bool, device=hidden.device)  # (B, 1, 1, T)
+    positions = mask.reshape(batch * seq_len).nonzero().squeeze(1)  # (N,)
+    lengths = mask.reshape(batch, seq_len).sum(1)  # (B,)
+    packed = PackedMask(positions, mask, lengths.cumsum(0) - lengths)
+    return packed.to_packed(hidden), packed  # (N, H)
+
+
+def unpack(hidden: torch.Tensor, mask: PackedMask) -> torch.Tensor:
+    """Packed hidden (N, H) -> padded (B, T, H) with zeros at padding (poolers ignore padding anyway)."""
+    return mask.to_padded(hidden)
+
+
+def first_tokens(hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -> torch.Tensor:
+    """Each sequence's first token, (B, 1, H), from padded (B, T, H) or packed (N, H) hidden states."""
+    if isinstance(mask, PackedMask):
+        return hidden.index_select(0, mask.starts).unsqueeze(1)  # (B, 1, H)
+    return hidden[:, :1]  # (B, 1, H)
+
+
+# --------------------------------------------------------------------------------------
+# Attention
 
 
 class BertSelfAttention(nn.Module):
@@ -172,21 +244,28 @@ class BertSelfAttention(nn.Module):
         x = x.view(batch, seq_len, self.num_heads, self.head_dim)  # (B, T, nh, D)
         return x.transpose(1, 2)  # (B, nh, T, D)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        batch, seq_len, width = hidden.shape
-        query = self._split_heads(self.query(hidden))  # (B, nh, T, D)
-        key = self._split_heads(self.key(hidden))  # (B, nh, T, D)
-        value = self._split_heads(self.value(hidden))  # (B, nh, T, D)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """Padded (B, T, H) with (B, 1, 1, T) or None, or packed (N, H) with a PackedMask -> same layout;
+        with first_token_only, the first token's result only: (B, 1, H)."""
+        key, value = self.key(hidden), self.value(hidden)  # (B, T, H) or (N, H)
+        query = self.query(first_tokens(hidden, mask) if first_token_only else hidden)  # (B, 1, H) or as hidden
+        packed = isinstance(mask, PackedMask)
+        if packed:
+            key, value = mask.to_padded(key), mask.to_padded(value)  # (B, T, H) each
+            if not first_token_only:
+                query = mask.to_padded(query)  # (B, T, H)
+        batch, query_len, width = query.shape
         context = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=mask,
+            self._split_heads(query),  # (B, nh, Tq, D), Tq = T or 1
+            self._split_heads(key),  # (B, nh, T, D)
+            self._split_heads(value),  # (B, nh, T, D)
+            attn_mask=mask.attention if packed else mask,
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=1.0 / math.sqrt(self.head_dim),
-        )  # (B, nh, T, D)
-        context = context.transpose(1, 2)  # (B, T, nh, D)
-        return context.reshape(batch, seq_len, width)  # (B, T, H)
+        )  # (B, nh, Tq, D)
+        context = context.transpose(1, 2).reshape(batch, query_len, width)  # (B, Tq, nh, D) -> (B, Tq, H)
+        return mask.to_packed(context) if packed and not first_token_only else context  # (N, H) or (B, Tq, H)
 
 
 class BertSelfOutput(nn.Module):
@@ -210,8 +289,10 @@ class BertAttention(nn.Module):
         self.self = BertSelfAttention(config)
         self.output = BertSelfOutput(config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(hidden, mask), hidden)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        residual = first_tokens(hidden, mask) if first_token_only else hidden
+        return self.output(self.self(hidden, mask, first_token_only), residual)
 
 
 # --------------------------------------------------------------------------------------
@@ -259,9 +340,12 @@ class BertLayer(nn.Module):
         self.intermediate = BertIntermediate(config)
         self.output = BertOutput(config)
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (B, T, H); mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H)."""
-        attended = self.attention(hidden, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """hidden (B, T, H) with mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H);
+        or packed hidden (N, H) with the PackedMask from ``pack`` -> (N, H);
+        with first_token_only, either way -> (B, 1, H), each sequence's first token only."""
+        attended = self.attention(hidden, mask, first_token_only)
         return self.output(self.intermediate(attended), attended)
 
 
@@ -272,10 +356,13 @@ class BertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(BertLayer(config) for _ in range(config.num_hidden_layers))
 
-    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """hidden (B, T, H); mask from ``padding_mask`` (B, 1, 1, T) or None -> (B, T, H)."""
-        for layer in self.layer:
-            hidden = layer(hidden, mask)
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                first_token_only: bool = False) -> torch.Tensor:
+        """Padded (B, T, H) or packed (N, H) hidden states, with their mask -> the same layout, or (B, 1, H)
+        with first_token_only (the last layer computes the first token only)."""
+        last = len(self.layer) - 1
+        for index, layer in enumerate(self.layer):
+            hidden = layer(hidden, mask, first_token_only and index == last)
         return hidden
 
 
@@ -296,7 +383,8 @@ class BertPooler(nn.Module):
 
 class BertModelOutput(NamedTuple):
     last_hidden_state: torch.Tensor
-    """(B, T, H) output of the last layer; positions where attention_mask is 0 are meaningless."""
+    """(B, T, H) output of the last layer; positions where attention_mask is 0 are meaningless. (B, 1, H),
+    the first token only, when forward was called with first_token_only."""
     pooler_output: torch.Tensor | None
     """(B, H) pooled first token, or None for a model built without a pooler."""
 
@@ -304,9 +392,14 @@ class BertModelOutput(NamedTuple):
 class BertModel(nn.Module):
     """Embeddings, encoder and optional pooler.
 
-    ``forward`` is ``embed`` -> ``attention_mask_for`` -> ``encoder`` -> ``pooler``; each step is
-    public so a caller can run the embeddings once and any subset of ``encoder.layer`` after it.
+    ``forward`` is ``embed`` -> ``attention_mask_for`` -> [``pack``] -> ``encoder`` -> [``unpack``] ->
+    ``pooler``; each step is public so a caller can run the embeddings once and any subset of
+    ``encoder.layer`` after it, padded or packed (see "Masks and packing" above).
     """
+
+    unpad: bool = False
+    """forward packs the real tokens before the layers: the same outputs at real positions (to float
+    rounding), zeros at padding, less work when batches hold padding. A plain attribute the caller sets."""
 
     def __init__(self, config: BertConfig, add_pooling_layer: bool = True) -> None:
         super().__init__()
@@ -340,15 +433,32 @@ class BertModel(nn.Module):
         """(B, T) token ids -> (B, T, H) input of the first layer."""
         return self.embeddings(input_ids, token_type_ids)
 
+    @staticmethod
+    def pack(hidden: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, PackedMask]:
+        """(B, T, H) and the mask from ``attention_mask_for`` -> packed (N, H) and the layers' PackedMask."""
+        return pack(hidden, mask)
+
+    @staticmethod
+    def unpack(hidden: torch.Tensor, mask: PackedMask) -> torch.Tensor:
+        """Packed (N, H) -> (B, T, H), zeros at padding."""
+        return unpack(hidden, mask)
+
     def forward(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         token_type_ids: torch.Tensor | None = None,
+        first_token_only: bool = False,
     ) -> BertModelOutput:
+        """first_token_only: the last layer computes each sequence's first token only (what the pooler and
+        any [CLS] reader use): last_hidden_state is then (B, 1, H)."""
         hidden = self.embed(input_ids, token_type_ids)  # (B, T, H)
         mask = self.attention_mask_for(attention_mask)  # (B, 1, 1, T) or None
-        hidden = self.encoder(hidden, mask)  # (B, T, H)
+        if self.unpad and mask is not None:
+            hidden, mask = self.pack(hidden, mask)  # (N, H), PackedMask
+        hidden = self.encoder(hidden, mask, first_token_only)  # (B, T, H), (N, H), or (B, 1, H)
+        if isinstance(mask, PackedMask) and not first_token_only:
+            hidden = self.unpack(hidden, mask)  # (B, T, H)
         pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
         return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
 

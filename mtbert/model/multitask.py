@@ -68,7 +68,15 @@ class MultiTaskConfig:
         return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=sharing)
 
 
+# Poolers that read the last layer at the [CLS] position only.
+FIRST_TOKEN_POOLERS = ("cls", "cls_raw")
+
+
 class MultiTaskModel(nn.Module):
+    last_layer_cls_only: bool = False
+    """Tasks pooled from [CLS] run the encoder's last layer for the [CLS] token only: the same vectors, less
+    work. A plain attribute the caller sets (mtbert's recipes: speed.last_layer_cls_only)."""
+
     def __init__(self, config: MultiTaskConfig, encoder: BertModel | None = None):
         """`encoder` gives the initial encoder weights (copied into every branch, and consumed); default random."""
         super().__init__()
@@ -93,7 +101,9 @@ class MultiTaskModel(nn.Module):
     def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor) -> torch.Tensor:
         """Encode with the task's branch and pool: (B, T) ids -> (B, H)."""
-        out = self.encoder(task, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        first_token_only = self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
+        out = self.encoder(task, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           first_token_only=first_token_only)  # last_hidden_state (B, T, H) or (B, 1, H)
         if self.config.tasks[task].pooler == "cls":
             return out.pooler_output  # the branch's BertPooler
         return self.poolers[task](out.last_hidden_state, attention_mask)

@@ -533,6 +533,22 @@ class BranchedEncoder(nn.Module):
         # Branch views, built on first use; a plain dict, so they are not submodules and every
         # parameter is registered exactly once, under copies.
         self._branches: dict[BranchPath, BertModel] = {}
+        self._unpad = False
+
+    @property
+    def unpad(self) -> bool:
+        """Every branch packs the real tokens before its layers (BertModel.unpad); a plain switch."""
+        return self._unpad
+
+    @unpad.setter
+    def unpad(self, value: bool) -> None:
+        self._unpad = bool(value)
+        for view in self._branches.values():
+            view.unpad = self._unpad
+
+    def layers(self) -> list[BertLayer]:
+        """Every encoder layer of every copy (relational layers included), each once."""
+        return [layer for part in self.copies.values() for layer in part.encoder.layer.values()]
 
     def _copy(self, owner: str) -> _Copy:
         if owner not in self.copies:
@@ -555,17 +571,20 @@ class BranchedEncoder(nn.Module):
         view.encoder.layer = nn.ModuleList(self.copies[owner].encoder.layer[str(i)]
                                            for i, owner in enumerate(path.layers))
         view.pooler = self.copies[path.pooler].pooler
+        view.unpad = self._unpad
         left = [name for name, t in chain(view.named_parameters(), view.named_buffers()) if t.is_meta]
         if left:
             raise RuntimeError(f"BertModel has parts the sharing plan does not place: {', '.join(left[:5])}")
         return view.train(self.training)
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> BertModelOutput:
+                token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> BertModelOutput:
+        """The task's branch; first_token_only as in BertModel.forward (last_hidden_state (B, 1, H))."""
         view = self.branch(task)
         if view.training != self.training:
             view.train(self.training)
-        return view(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return view(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                    first_token_only=first_token_only)
 
     def branch_names(self) -> dict[str, tuple[str, ...]]:
         """Branch name (its tasks joined by '+') -> its tasks."""

@@ -8,7 +8,10 @@ from mtbert.model.bert import (
     BertConfig,
     BertModel,
     BertModelOutput,
+    PackedMask,
+    pack,
     padding_mask,
+    unpack,
 )
 
 VOCAB = 100
@@ -70,20 +73,26 @@ def our_copy_of(hf_model: transformers.BertModel) -> BertModel:
 # --- parity with transformers -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
 @pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
 @pytest.mark.parametrize("hidden_act", ["gelu", "gelu_new", "gelu_pytorch_tanh", "relu"])
-def test_matches_transformers_on_padded_batch(attn_implementation: str, hidden_act: str):
+def test_matches_transformers_on_padded_batch(attn_implementation: str, hidden_act: str, unpad: bool):
     hf_model = randomized_hf_model(tiny_hf_config(hidden_act=hidden_act, attn_implementation=attn_implementation))
     model = our_copy_of(hf_model)
+    model.unpad = unpad
     batch = padded_batch()
     with torch.no_grad():
         expected = hf_model(**batch)
         actual = model(**batch)
     real = batch["attention_mask"].bool()
-    # Observed: 0.0 against sdpa, a few 1e-7 against eager. Pad positions match too, because
-    # both implementations let a pad query attend to the real keys of its row.
+    # Observed: 0.0 against sdpa, a few 1e-7 against eager (padded and unpadded alike).
     torch.testing.assert_close(actual.last_hidden_state[real], expected.last_hidden_state[real], atol=1e-5, rtol=0)
-    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
+    if unpad:
+        # Padding positions are never computed: they come back as zeros.
+        assert torch.all(actual.last_hidden_state[~real] == 0)
+    else:
+        # Pad positions match too, because both implementations let a pad query attend to the real keys of its row.
+        torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state, atol=1e-5, rtol=0)
     torch.testing.assert_close(actual.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
 
 
@@ -128,6 +137,118 @@ def test_layer_by_layer_equals_forward():
         pooled = model.pooler(hidden)
     torch.testing.assert_close(hidden, full.last_hidden_state, atol=0, rtol=0)
     torch.testing.assert_close(pooled, full.pooler_output, atol=0, rtol=0)
+
+
+def test_packed_layer_loop_equals_forward_and_padded_loop():
+    """The sequence a layer-sharing caller drives: embed, attention_mask_for, pack, any layers, unpack."""
+    model = our_copy_of(randomized_hf_model(tiny_hf_config()))
+    batch = padded_batch()
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        full = model(**batch)
+        hidden = model.embed(batch["input_ids"], batch["token_type_ids"])
+        mask = model.attention_mask_for(batch["attention_mask"])
+        packed, packed_mask = model.pack(hidden, mask)
+        assert packed.shape == (sum(LENGTHS), 64) and isinstance(packed_mask, PackedMask)
+        for layer in model.encoder.layer:
+            packed = layer(packed, packed_mask)
+        unpacked = model.unpack(packed, packed_mask)
+        # One layer only, packed and padded: the same real rows.
+        one_padded = model.encoder.layer[1](hidden, mask)
+        one_packed = model.unpack(model.encoder.layer[1](*model.pack(hidden, mask)), packed_mask)
+    assert unpacked.shape == full.last_hidden_state.shape
+    torch.testing.assert_close(unpacked[real], full.last_hidden_state[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(one_packed[real], one_padded[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.pooler(unpacked), full.pooler_output, atol=1e-5, rtol=0)
+
+
+def test_pack_unpack_round_trip_and_no_mask():
+    hidden = torch.randn(3, 7, 5)
+    mask = padding_mask(padded_batch()["attention_mask"])
+    packed, packed_mask = pack(hidden, mask)
+    assert packed.shape == (sum(LENGTHS), 5)
+    assert packed_mask.positions.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 14, 15]
+    assert packed_mask.starts.tolist() == [0, 7, 11]
+    back = unpack(packed, packed_mask)
+    real = mask[:, 0, 0]
+    assert torch.equal(back[real], hidden[real]) and torch.all(back[~real] == 0)
+    everything, all_real = pack(hidden, None)
+    assert torch.equal(unpack(everything, all_real), hidden)
+
+
+@pytest.mark.parametrize("hidden_act", ["gelu", "relu"])
+def test_unpadded_gradients_equal_padded(hidden_act: str):
+    """Training on packed tokens computes the same loss and gradients as the padded path (dropout off)."""
+    config = tiny_config(hidden_act=hidden_act, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    padded_model = BertModel(config).train()
+    unpadded_model = BertModel(config).train()
+    unpadded_model.load_state_dict(padded_model.state_dict())
+    unpadded_model.unpad = True
+    batch = padded_batch()
+    real = batch["attention_mask"].bool()
+    grads = []
+    for model in (padded_model, unpadded_model):
+        out = model(**batch)
+        (out.last_hidden_state[real].square().mean() + out.pooler_output.sum()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_unpadded_dropout_still_only_in_training():
+    model = BertModel(tiny_config())
+    model.unpad = True
+    batch = padded_batch()
+    model.train()
+    assert not torch.equal(model(**batch).pooler_output, model(**batch).pooler_output)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(**batch).pooler_output, model(**batch).pooler_output)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_first_token_only_matches_transformers_cls(unpad: bool):
+    """The last layer run for [CLS] alone gives transformers' [CLS] vector and pooled output."""
+    hf_model = randomized_hf_model(tiny_hf_config())
+    model = our_copy_of(hf_model)
+    model.unpad = unpad
+    batch = padded_batch()
+    with torch.no_grad():
+        expected = hf_model(**batch)
+        actual = model(**batch, first_token_only=True)
+    assert actual.last_hidden_state.shape == (len(LENGTHS), 1, 64)
+    torch.testing.assert_close(actual.last_hidden_state, expected.last_hidden_state[:, :1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(actual.pooler_output, expected.pooler_output, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("unpad", [False, True], ids=["padded", "unpadded"])
+def test_first_token_only_gradients_equal_the_full_last_layer(unpad: bool):
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    full, shortcut = BertModel(config).train(), BertModel(config).train()
+    shortcut.load_state_dict(full.state_dict())
+    full.unpad = shortcut.unpad = unpad
+    batch = padded_batch()
+    grads = []
+    for model, first_only in ((full, False), (shortcut, True)):
+        out = model(**batch, first_token_only=first_only)
+        (out.pooler_output.square().sum() + out.last_hidden_state[:, 0].sum()).backward()
+        grads.append({name: p.grad for name, p in model.named_parameters()})
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_layer_first_token_only_in_a_caller_driven_loop():
+    model = our_copy_of(randomized_hf_model(tiny_hf_config()))
+    batch = padded_batch()
+    with torch.no_grad():
+        full = model(**batch).last_hidden_state
+        hidden, mask = model.pack(model.embed(batch["input_ids"], batch["token_type_ids"]),
+                                  model.attention_mask_for(batch["attention_mask"]))
+        hidden = model.encoder.layer[0](hidden, mask)
+        first = model.encoder.layer[1](hidden, mask, first_token_only=True)
+    torch.testing.assert_close(first, full[:, :1], atol=1e-5, rtol=0)
 
 
 def test_padding_mask_shape_and_meaning():

@@ -80,3 +80,17 @@ def test_config_round_trips():
 def test_unknown_sharing_mode():
     with pytest.raises(ValueError, match="model.sharing: cannot read 'partly'; expected shared | frozen"):
         model(sharing="partly")
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+def test_last_layer_cls_only_changes_no_output(unpad):
+    tasks = {"cls": TaskHeadSpec(kind="classes", num_outputs=3, pooler="cls"),
+             "raw": TaskHeadSpec(kind="binary", num_outputs=1, pooler="cls_raw", encoding="cross"),
+             "pair": TaskHeadSpec(kind="regression", num_outputs=1, encoding="siamese"),
+             "mean": TaskHeadSpec(kind="classes", num_outputs=2, pooler="mean")}
+    plain, shortcut = model(**tasks), model(**tasks)
+    shortcut.last_layer_cls_only = True
+    plain.encoder.unpad = shortcut.encoder.unpad = unpad
+    for name in tasks:
+        inputs = pair_batch(pad_b=7) if name == "pair" else batch((5, 3), pad_to=6)
+        torch.testing.assert_close(shortcut(name, inputs), plain(name, inputs), atol=1e-6, rtol=1e-5)
