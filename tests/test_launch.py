@@ -225,7 +225,9 @@ def test_two_processes_train_like_one_in_each_case(tmp_path, tokenizer_dir, over
     assert result.returncode == 0, failure_text(result)
     assert "weights identical on all 2 processes" in result.stdout
     train(load_recipe(recipe, [*RUN, ONE_PROCESS_BATCH, f"output_dir={tmp_path / 'one'}", *overrides]))
-    assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=1e-5)
+    # Float sums in another order; the sharing plan's extra relational layer on packed tokens drifts
+    # furthest (1.1e-5 seen). A wrong gradient average or a skipped sync moves weights by ~1e-3.
+    assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=3e-5)
 
 
 @pytest.mark.slow
