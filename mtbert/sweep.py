@@ -15,6 +15,7 @@ import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import re
 import signal
@@ -366,22 +367,28 @@ def plot(results: list[dict], title: str) -> bytes:
     gpu = any(r.get("cuda_max_memory_allocated") for r in done)
     memory_key, memory_label = (("cuda_max_memory_allocated", "peak GPU memory allocated (MiB)") if gpu else
                                 ("peak_rss_bytes", "peak resident memory, RSS (MiB)"))
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5), sharey=True)
+    # One colour and marker per combination, named in a legend below the axes: labels written beside
+    # the points overlap as soon as two plans score alike, which is the interesting case.
+    colours = plt.get_cmap("tab10" if len(done) <= 10 else "tab20").colors
+    markers = "osD^vPX<>*"
+    rows = max(1, math.ceil(len(done) / 4))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5 + 0.3 * rows), sharey=True)
     for axis, x_of, label in ((left, lambda r: (r.get(memory_key) or 0) / MIB, memory_label),
                               (right, lambda r: r["fastest_seconds_per_step"],
                                "training time per step, fastest logging window (s)")):
-        for r in done:
-            x, y = x_of(r), r["overall"]
-            axis.scatter([x], [y], color="tab:blue")
-            axis.annotate(" ".join(r["labels"].values()), (x, y), textcoords="offset points", xytext=(4, 4),
-                          fontsize=8)
+        for i, r in enumerate(done):
+            axis.scatter([x_of(r)], [r["overall"]], color=colours[i % len(colours)], marker=markers[i % len(markers)],
+                         s=48, label=" ".join(r["labels"].values()), edgecolors="black", linewidths=0.4)
         axis.set_xlabel(label)
         axis.grid(alpha=0.3)
-        axis.margins(x=0.25, y=0.15)
+        axis.margins(x=0.15, y=0.15)
     left.set_ylabel("overall dev score (mean of the tasks' main scores)")
     failed = len(results) - len(done)
     figure.suptitle(f"{title}: quality against memory and time" + (f" ({failed} failed, not shown)" if failed else ""))
-    figure.tight_layout()
+    if done:
+        handles, names = left.get_legend_handles_labels()
+        figure.legend(handles, names, loc="lower center", ncol=min(4, len(done)), fontsize=8, frameon=False)
+    figure.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90)
     plt.close(figure)
