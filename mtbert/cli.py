@@ -288,8 +288,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtber
                                                             "RUN_DIR/report-<split>.")] = None,
            data_dir: DataDir = None,
            batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
-    """Figures and a Markdown summary of a run: confusion matrices, predicted-against-gold scatter,
-    label distributions, training curves from train_log.jsonl, and the scores table.
+    """Figures and a Markdown summary of a run's scores on a labelled split.
+
+    Confusion matrices, predicted-against-gold scatter, label distributions, training curves from
+    train_log.jsonl, and the scores table.
 
     Example: mtbert report ckpt/quickstart   (writes ckpt/quickstart/report-dev/report.md and PNGs)
     """
@@ -311,9 +313,10 @@ def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
            split: Annotated[str, typer.Option(help="Split to predict.")] = "test",
            data_dir: DataDir = None,
            batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
-    """Write every task's test-set submission file into one folder: cs224n's sst-test-output.csv,
-    para-test-output.csv, sts-test-output.csv; the GLUE server's SST-2.tsv, CoLA.tsv, MRPC.tsv,
-    STS-B.tsv, QQP.tsv, RTE.tsv, MNLI-m.tsv; <task>-test-output.tsv for other tasks.
+    """Write every task's test-set submission file into one folder.
+
+    cs224n's sst-test-output.csv, para-test-output.csv, sts-test-output.csv; the GLUE server's SST-2.tsv,
+    CoLA.tsv, MRPC.tsv, STS-B.tsv, QQP.tsv, RTE.tsv, MNLI-m.tsv; <task>-test-output.tsv for other tasks.
 
     Example: mtbert submit ckpt/glue --to submission/   (then: cd submission && zip ../glue.zip *.tsv)
     """
