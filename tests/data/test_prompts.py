@@ -1,8 +1,12 @@
 import io
+import re
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
+from typer.testing import CliRunner
 
+from mtbert.cli import app
 from mtbert.config import PromptConfig, TaskConfig, load_recipe
 from mtbert.data.encoding import cache_dir, encoding_mode, tokenize_split
 from mtbert.data.prompts import BUILTIN_PROMPTS, PromptTemplate, render
@@ -45,6 +49,38 @@ def test_builtin_templates_render_the_documented_text():
         "First sentence: a man runs Second sentence: a dog runs")
     # braces inside the example's text are data, not placeholders
     assert render(BUILTIN_PROMPTS["sst"], "{b} {x}")[1] == "{b} {x}"
+
+
+def documented_templates() -> dict[str, tuple[str, str]]:
+    """task -> (question, context) from the README's table of built-in templates."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("The built-in templates (", 1)[1].split("\n\n")[1]  # the paragraph after the line
+    rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| (.+?) \| `(.+?)` \|$", table, flags=re.MULTILINE)
+    return {name: (question, context) for names, question, context in rows for name in re.findall(r"`(\w+)`", names)}
+
+
+def test_every_builtin_template_renders_the_text_the_readme_documents():
+    documented = documented_templates()
+    assert set(documented) == set(BUILTIN_PROMPTS)  # no built-in left undocumented, none documented in vain
+    for name, (question, context) in documented.items():
+        is_pair = "{b}" in context
+        a, b = "the first one .", "the second one ?" if is_pair else ""
+        expected = (question, context.replace("{a}", a).replace("{b}", b))
+        assert render(BUILTIN_PROMPTS[name], a, b) == expected, name
+        assert is_pair == (len(BUILTIN_TASKS[name]["text_columns"]) == 2), name
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("bultin", "tasks.sst.prompt: expected `builtin`"),
+    ({"question": "q", "context": "{a} {sentence}"}, "tasks.sst.prompt.context: unknown placeholder '{sentence}'"),
+])
+def test_bad_template_is_one_line_from_the_cli(tmp_path, tokenizer_dir, prompt, message):
+    recipe = write_recipe(tmp_path, tokenizer_dir, tasks={"sst": {"prompt": prompt}}, train={"max_steps": 1})
+    for command in ("validate", "train"):
+        result = CliRunner().invoke(app, [command, str(recipe)])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and message in result.output, result.output
+    assert not (tmp_path / "ckpt").exists()  # nothing trained, nothing written
 
 
 def test_every_builtin_template_fits_its_task():

@@ -1,16 +1,24 @@
+import dataclasses
+
 import pytest
 import torch
+from typer.testing import CliRunner
 
+from mtbert.cli import app
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
-from mtbert.model.bert import BertConfig
+from mtbert.model.bert import BertConfig, BertPooler
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.model.pooling import POOLER_NAMES, POOLERS, build_pooler
 
+from helpers import write_recipe
+
 H = 6
 MODULE_POOLERS = [name for name in POOLER_NAMES if name != "cls"]
 NEW_POOLERS = ("mean_max", "swap", "stochastic")
+ENCODER_OF_WIDTH_H = BertConfig(vocab_size=10, hidden_size=H, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=8)
 
 
 def inputs(lengths=(5, 3), pad_to=None, pad_value=None, seed=0):
@@ -86,13 +94,32 @@ def test_pads_get_no_gradient(name, train):
 
 
 @pytest.mark.parametrize("name", ["mean", "swap", "mean_max"])
-def test_every_real_token_gets_gradient(name):
+@pytest.mark.parametrize("train", [False, True])
+def test_every_real_token_gets_gradient(name, train):
     # mean_max: through its sum part; swap: through the softmax weights and the values.
-    _, mask, grad = grad_of_hidden(name)
+    _, mask, grad = grad_of_hidden(name, train)
     real = grad[mask.bool()]  # (real tokens, H)
     assert (real.abs().sum(-1) > 0).all()
     if name != "mean_max":
         assert (real != 0).all()  # every dimension of every real token
+
+
+@pytest.mark.parametrize("name", ["cls", "cls_raw"])
+def test_first_token_poolers_see_and_train_only_the_first_token(name):
+    # `cls` is the encoder's BertPooler (dense + tanh on [CLS]); cls_raw the [CLS] vector itself.
+    torch.manual_seed(0)
+    module = BertPooler(ENCODER_OF_WIDTH_H) if name == "cls" else build_pooler(name, H)
+    apply = (lambda hidden, mask: module(hidden)) if name == "cls" else module
+    hidden, mask = inputs((5, 3))
+    out = apply(hidden, mask)
+    assert out.shape == (2, H)
+    torch.testing.assert_close(apply(*inputs((5, 3), pad_to=9)), out)  # appended pads change nothing
+    changed = hidden.clone()
+    changed[:, 1:] += 1.0  # every token but [CLS]
+    torch.testing.assert_close(apply(changed, mask), out)
+    hidden.requires_grad_(True)
+    apply(hidden, mask).sum().backward()
+    assert (hidden.grad[:, 1:] == 0).all() and (hidden.grad[:, 0] != 0).any(-1).all()
 
 
 def test_max_gradient_reaches_only_the_argmax_token():
@@ -179,6 +206,18 @@ def test_bad_pooler_name_lists_the_known_names():
         assert name in str(info.value)
 
 
+@pytest.mark.parametrize("command, where", [(["validate", "RECIPE"], "recipe"),
+                                            (["train", "RECIPE", "tasks.sst.pooler=meen"], "override")])
+def test_bad_pooler_is_one_line_from_the_cli(tmp_path, tokenizer_dir, command, where):
+    pooler = "meen" if where == "recipe" else "mean"
+    recipe = write_recipe(tmp_path, tokenizer_dir, tasks={"sst": {"pooler": pooler}})
+    result = CliRunner().invoke(app, [str(recipe) if arg == "RECIPE" else arg for arg in command])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+    assert "tasks.sst.pooler" in result.output and "did you mean 'mean'?" in result.output
+    assert not (tmp_path / "ckpt").exists()  # nothing trained, nothing written
+
+
 def test_recipe_with_a_bad_pooler_suggests_the_nearest(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text("model: {init: random, tokenizer: x}\ntasks: {sst: {pooler: meen}}\n")
@@ -222,3 +261,18 @@ def test_multitask_model_builds_and_runs_with_each_pooler(name, train):
         # The pooler's own dense layer: 2H -> H on the encoder's width, and it trains.
         assert m.poolers["cls3"].dense.weight.shape == (16, 32)
         assert m.poolers["cls3"].dense.weight.grad is not None
+
+
+def test_stochastic_pooler_in_the_model_is_random_in_training_and_deterministic_in_eval():
+    torch.manual_seed(0)
+    tasks = {"t": TaskHeadSpec(kind="classes", num_outputs=3, pooler="stochastic")}
+    config = dataclasses.replace(ENCODER, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    m = MultiTaskModel(MultiTaskConfig(config, tasks))
+    batch = token_batch((5, 4))
+    m.train()
+    m.heads["t"].eval()  # no dropout anywhere: only the pooler can make two training passes differ
+    assert not torch.equal(m("t", batch), m("t", batch))
+    m.eval()
+    first = m("t", batch)
+    torch.manual_seed(123)  # eval does not draw: another seed gives the same output
+    assert torch.equal(first, m("t", batch))
