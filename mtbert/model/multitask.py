@@ -120,7 +120,7 @@ class MultiTaskModel(nn.Module):
     def embed(self, task: str, batch: dict[str, torch.Tensor]) -> Embedded:
         """The task's branch's embeddings of a batch, the point from which `forward(embedded=...)` continues;
         a siamese pair's two sentences are stacked, (2B, T, H), first sentences first."""
-        if self.config.tasks[task].encoding != "siamese":
+        if self.config.tasks[task].encoding != "siamese" or "input_ids_b" not in batch:  # one sentence per row
             return Embedded(self.encoder.embed(task, batch["input_ids"], batch["token_type_ids"]),
                             batch["attention_mask"])
         ids, mask, types = self._siamese_inputs(batch)  # (2B, T) each
