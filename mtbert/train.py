@@ -204,6 +204,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     eval_every = recipe.eval.every_steps or stages[0].steps_per_epoch
     accelerator.print(f"tasks: {', '.join(tasks)} | sampling {recipe.sampling.strategy} | "
                       f"{stages[0].steps_per_epoch} steps per epoch | {steps} steps | eval every {eval_every} steps"
+                      + (f" | SMART on {', '.join(stages[0].smart)}" if stages[0].smart else "")
                       if not recipe.stages else "\n".join(stage.describe() for stage in stages))
     teacher = smart_teacher(model, stages, accelerator)
 
