@@ -319,6 +319,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                 record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": means}
                 if stage.smart:
                     record["smart_loss"] = smart_losses.means()  # adversarial and proximal terms, per task
+                if recipe.stages:
+                    record["stage"] = stage.name
                 log.write(record | {"tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
             if eval_due:
                 metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
