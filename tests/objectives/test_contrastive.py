@@ -117,3 +117,16 @@ def test_triplet_stream_gives_anchors_positives_negatives_and_resumes():
     again = TripletStream(data, 2, seed=0, stream_id=0, pad_id=0)
     again.load_state_dict(saved)
     assert all(torch.equal(second[k], v) for k, v in again.next_batch().items())
+
+
+def test_two_processes_split_each_triplet_batch_exactly():
+    data = datasets.Dataset.from_dict({"input_ids": [[2, 5 + i, 3] for i in range(8)],
+                                       "positive_ids": [[2, 20 + i, 3] for i in range(8)],
+                                       "negative_ids": [[2, 40 + i, 3] for i in range(8)]})
+    whole = TripletStream(data, 4, seed=0, stream_id=0, pad_id=0).next_batch()["input_ids"]
+    parts = [TripletStream(data, 2, seed=0, stream_id=0, pad_id=0, num_processes=2, process_index=i).next_batch()
+             for i in (0, 1)]
+    for third in range(3):  # anchors, positives, negatives: the two halves of each are the whole's
+        mine = [p["input_ids"].chunk(3)[third][:, 1].tolist() for p in parts]
+        assert sorted(mine[0] + mine[1]) == sorted(whole.chunk(3)[third][:, 1].tolist())
+        assert not set(mine[0]) & set(mine[1])
