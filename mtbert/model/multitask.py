@@ -115,25 +115,34 @@ class MultiTaskModel(nn.Module):
     def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor) -> torch.Tensor:
         """Encode with the task's branch and pool: (B, T) ids -> (B, H)."""
-        return self.pool(task, Embedded(self.encoder.embed(task, input_ids, token_type_ids), attention_mask))
+        out = self.encoder(task, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                           first_token_only=self._first_token_only(task))  # last_hidden_state (B, T, H) or (B, 1, H)
+        return self._pool_output(task, out, attention_mask)
 
     def embed(self, task: str, batch: dict[str, torch.Tensor]) -> Embedded:
         """The task's branch's embeddings of a batch, the point from which `forward(embedded=...)` continues;
         a siamese pair's two sentences are stacked, (2B, T, H), first sentences first."""
-        if self.config.tasks[task].encoding != "siamese" or "input_ids_b" not in batch:  # one sentence per row
-            return Embedded(self.encoder.embed(task, batch["input_ids"], batch["token_type_ids"]),
-                            batch["attention_mask"])
-        ids, mask, types = self._siamese_inputs(batch)  # (2B, T) each
+        ids, mask, types = self._inputs(task, batch)
         return Embedded(self.encoder.embed(task, ids, types), mask)
 
     def pool(self, task: str, embedded: Embedded) -> torch.Tensor:
         """Run the task's branch from its embeddings' output and pool: (B, T, H) -> (B, H)."""
-        first_token_only = self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
-        out = self.encoder.encode(task, embedded.hidden, embedded.attention_mask,
-                                  first_token_only)  # last_hidden_state (B, T, H) or (B, 1, H)
+        out = self.encoder.encode(task, embedded.hidden, embedded.attention_mask, self._first_token_only(task))
+        return self._pool_output(task, out, embedded.attention_mask)
+
+    def _first_token_only(self, task: str) -> bool:
+        return self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
+
+    def _pool_output(self, task: str, out, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.config.tasks[task].pooler == "cls":
             return out.pooler_output  # the branch's BertPooler
-        return self.poolers[task](out.last_hidden_state, embedded.attention_mask)
+        return self.poolers[task](out.last_hidden_state, attention_mask)
+
+    def _inputs(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids, mask and token types the branch runs on: (B, T) each, or (2B, T) for a siamese pair."""
+        if self.config.tasks[task].encoding == "siamese" and "input_ids_b" in batch:
+            return self._siamese_inputs(batch)
+        return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]  # one sentence (or a cross pair)
 
     def forward(self, task: str, batch: dict[str, torch.Tensor] | None = None, *,
                 embedded: Embedded | None = None, vectors: bool = False) -> torch.Tensor:
@@ -145,8 +154,9 @@ class MultiTaskModel(nn.Module):
         """
         spec = self.config.tasks[task]
         if embedded is None:
-            embedded = self.embed(task, batch)
-        pooled = self.pool(task, embedded)  # (B, H), or (2B, H) for a siamese pair
+            pooled = self.sentence_vectors(task, *self._inputs(task, batch))  # (B, H), or (2B, H) for a siamese pair
+        else:
+            pooled = self.pool(task, embedded)
         if vectors:
             return pooled
         if spec.encoding != "siamese":
