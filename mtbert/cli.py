@@ -99,6 +99,7 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     Example: mtbert train recipes/rrobin.yaml train.lr=3e-5 --data-dir ../shared/data
     (or: accelerate launch -m mtbert train recipes/rrobin_full.yaml)
     Example: mtbert train recipes/rrobin.yaml --resume latest   (after a crash or SIGTERM: same recipe)
+    Example: mtbert train recipes/triplet_pre.yaml stages.0.max_steps=100 smart.enabled=true   (a list item by index)
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe

@@ -155,6 +155,33 @@ class PromptConfig:
     "The context, with {a} (first sentence) and {b} (second), e.g. `First sentence: {a} Second sentence: {b}`."
 
 
+SmartNorm = Literal["inf", "l2"]
+
+
+@dataclass
+class TaskSmartConfig:
+    """One task's SMART settings; a null field takes the recipe's `smart:` value."""
+
+    enabled: bool | None = None
+    "SMART for this task (in stages that use SMART)."
+    adv_weight: float | None = None
+    "lambda_s: weight of the adversarial term."
+    prox_weight: float | None = None
+    "mu: weight of the proximal (momentum teacher) term."
+    epsilon: float | None = None
+    "Radius of the ball the perturbation is projected onto."
+    sigma: float | None = None
+    "Standard deviation of the initial Gaussian perturbation."
+    step_size: float | None = None
+    "eta: size of each ascent step on the perturbation."
+    steps: int | None = None
+    "K: ascent steps on the perturbation."
+    norm: SmartNorm | None = None
+    "The ball's norm: inf or l2."
+    dropout_off: bool | None = None
+    "Compute the adversarial term with dropout off."
+
+
 @dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
@@ -208,6 +235,8 @@ class TaskConfig:
     "Draw training examples with weights inverse to their label's frequency."
     prompt: str | PromptConfig | None = None
     "`builtin` for the task's built-in template, or {question, context} for a custom one; null: plain inputs."
+    smart: TaskSmartConfig | None = None
+    "This task's SMART settings, each overriding the recipe's `smart:` value (e.g. {adv_weight: 5}); null: those."
 
 
 @dataclass
@@ -308,6 +337,81 @@ class SpeedConfig:
 
 
 @dataclass
+class SmartConfig:
+    """SMART (Jiang et al. 2020): an adversarial smoothness term and a proximal term with a momentum teacher,
+    added to the supervised loss. The paper's defaults; a task's `smart:` overrides any of the first nine."""
+
+    enabled: bool = False
+    "Use SMART for every task (a task's smart.enabled or a stage's smart overrides it)."
+    adv_weight: float = 1.0
+    "lambda_s: weight of the adversarial term (symmetric KL in fp32 for classes, squared error for regression)."
+    prox_weight: float = 1.0
+    "mu: weight of the proximal term, the divergence from the momentum teacher's outputs; 0: no teacher."
+    epsilon: float = 1e-5
+    "Radius of the ball (per example) the perturbation of the embeddings' output is projected onto."
+    sigma: float = 1e-5
+    "Standard deviation of the initial Gaussian perturbation."
+    step_size: float = 1e-3
+    "eta: size of each ascent step, along the normalised gradient."
+    steps: int = 1
+    "K: ascent steps on the perturbation."
+    norm: SmartNorm = "inf"
+    "The ball's norm: inf or l2."
+    dropout_off: bool = False
+    "Compute the adversarial term with dropout off (two more forwards in eval mode); false reuses the training outputs."
+    beta: float = 0.99
+    "Teacher momentum, theta~ <- (1 - beta) theta + beta theta~, for the first beta_switch of a stage's steps."
+    beta_final: float = 0.999
+    "Teacher momentum after that."
+    beta_switch: float = 0.1
+    "Fraction of a stage's optimizer steps trained with beta, before beta_final."
+
+
+ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge"]
+Objective = Literal["supervised", "ranking", "triplet", "lse_hinge"]
+
+
+@dataclass
+class ContrastiveConfig:
+    """Contrastive stages: the losses' settings and how anchor/positive/negative sets are built."""
+
+    scale: float = 20.0
+    "ranking: the cosine similarities are multiplied by this before the cross-entropy."
+    margin: float = 1.0
+    "triplet: max(0, |a - p| - |a - n| + margin)."
+    positive_min: float = 3.0
+    "Regression pair tasks (sts): a pair scored at least this is an anchor and its positive."
+    negative_max: float = 2.0
+    "Regression pair tasks: a pair scored at most this gives a negative."
+    other_task_negatives: float = 0.2
+    "Probability that a triplet's negative is a sentence of another task of the stage instead."
+
+
+@dataclass
+class StageConfig:
+    """One stage of a run; stages run in order into one output folder. A null field takes the recipe's value."""
+
+    name: str | None = None
+    "A name for the logs; default stage-1, stage-2, ..."
+    tasks: list[str] | None = None
+    "The tasks this stage trains on; null: all the recipe's tasks."
+    objective: Objective = "supervised"
+    "supervised (the tasks' own losses), or a contrastive objective on pooled vectors: ranking, triplet, lse_hinge."
+    smart: bool | None = None
+    "SMART in this (supervised) stage; null: smart.enabled and each task's smart.enabled."
+    sampling: SamplingConfig | None = None
+    "Task sampling in this stage; null: the recipe's sampling."
+    epochs: int | None = None
+    "Epochs of this stage (an epoch as its sampling defines it, over its tasks); null: train.epochs."
+    max_steps: int | None = None
+    "Optimizer steps of this stage, overriding epochs; null: train.max_steps unless epochs is set here."
+    lr: float | None = None
+    "Peak learning rate of this stage (its own warm-up and linear decay); null: train.lr."
+    warmup_ratio: float | None = None
+    "Fraction of this stage's steps with linear warm-up; null: train.warmup_ratio."
+
+
+@dataclass
 class Recipe:
     """A whole run."""
 
@@ -333,6 +437,12 @@ class Recipe:
     "Experiment trackers (tensorboard, wandb, ...) besides the JSONL log."
     speed: SpeedConfig = field(default_factory=SpeedConfig)
     "Packed layers, length-grouped batches, fused optimizer, bf16, compilation."
+    smart: SmartConfig = field(default_factory=SmartConfig)
+    "SMART regularisation, for every task unless a task or stage says otherwise."
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+    "Settings of contrastive stages."
+    stages: list[StageConfig] = field(default_factory=list)
+    "Stages run in order, each with its tasks, objective, sampling, length and lr; empty: one supervised stage."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,14 +528,21 @@ def _apply_override(raw: dict, item: str) -> None:
         parsed = value
     node = raw
     parts = key.split(".")
-    for part in parts[:-1]:
-        child = node.get(part)
+    for i, part in enumerate(parts):
+        if isinstance(node, list):  # a list item by its index, e.g. stages.1.max_steps=200
+            if not part.isdigit() or int(part) >= len(node):
+                raise MtbertError(f"override '{item}': '{'.'.join(parts[:i])}' has items 0-{len(node) - 1}, "
+                                  f"not '{part}'")
+            part = int(part)
+        if i == len(parts) - 1:
+            node[part] = parsed
+            return
+        child = node[part] if isinstance(node, list) else node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             raise MtbertError(f"override '{item}': '{part}' is not a section")
         node = child
-    node[parts[-1]] = parsed
 
 
 def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
@@ -602,6 +719,46 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
     for name, task in recipe.tasks.items():
         if task.batch_size is not None and task.batch_size < 1:
             raise err(("tasks", name, "batch_size"), "must be at least 1")
+    _check_smart_and_stages(recipe, err)
+
+
+def _check_smart_and_stages(recipe: Recipe, err) -> None:
+    """SMART's coefficients, the contrastive settings and the stages."""
+    settings = [(("smart",), recipe.smart)]
+    settings += [(("tasks", name, "smart"), task.smart) for name, task in recipe.tasks.items() if task.smart]
+    for path, smart in settings:
+        for key in ("adv_weight", "prox_weight", "epsilon", "sigma", "step_size"):
+            value = getattr(smart, key)
+            if value is not None and value < 0:
+                raise err((*path, key), f"must be 0 or more, got {value}")
+        if smart.steps is not None and smart.steps < 1:
+            raise err((*path, "steps"), f"must be at least 1, got {smart.steps}")
+    for key in ("beta", "beta_final", "beta_switch"):
+        if not 0 <= getattr(recipe.smart, key) <= 1:
+            raise err(("smart", key), f"must be in [0, 1], got {getattr(recipe.smart, key)}")
+    if not 0 <= recipe.contrastive.other_task_negatives <= 1:
+        raise err(("contrastive", "other_task_negatives"), "must be a probability, in [0, 1]")
+    if recipe.contrastive.negative_max >= recipe.contrastive.positive_min:
+        raise err(("contrastive", "negative_max"), f"must be below positive_min ({recipe.contrastive.positive_min})")
+    for i, stage in enumerate(recipe.stages):
+        path = ("stages", str(i))
+        for task in stage.tasks or []:
+            if task not in recipe.tasks:
+                near = difflib.get_close_matches(task, list(recipe.tasks), n=1)
+                hint = f"; did you mean '{near[0]}'?" if near else f"; the recipe's tasks: {', '.join(recipe.tasks)}"
+                raise err((*path, "tasks"), f"unknown task '{task}'{hint}")
+        if stage.tasks is not None and not stage.tasks:
+            raise err((*path, "tasks"), "a stage needs at least one task (or null for all of them)")
+        if stage.objective != "supervised" and stage.smart:
+            raise err((*path, "smart"), f"SMART regularises supervised outputs; the {stage.objective} stage has none")
+        for key in ("epochs", "max_steps"):
+            value = getattr(stage, key)
+            if value is not None and value < 1:
+                raise err((*path, key), f"must be at least 1, got {value}")
+        if stage.lr is not None and stage.lr <= 0:
+            raise err((*path, "lr"), "must be positive")
+        if stage.warmup_ratio is not None and not 0 <= stage.warmup_ratio < 1:
+            raise err((*path, "warmup_ratio"), "must be in [0, 1)")
 
 
 def sharing_spec(sharing: str | SharingConfig) -> str | dict:

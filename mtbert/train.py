@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from collections import defaultdict
@@ -33,7 +32,6 @@ from tqdm.auto import tqdm
 from mtbert import checkpoint, faults, speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
-from mtbert.data.sampling import TaskSampler, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.inference import eval_loader, run_inference, score
@@ -43,7 +41,16 @@ from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.model.sharing import SharingPlanError
+from mtbert.objectives.contrastive import (
+    TripletError,
+    TripletStream,
+    build_triplets,
+    contrastive_loss,
+    task_sentences,
+    tokenize_triplets,
+)
 from mtbert.objectives.losses import LOSSES
+from mtbert.objectives.smart import BetaSchedule, MomentumTeacher, adversarial_loss, proximal_loss
 from mtbert.optim import build_optimizer
 from mtbert.resume import (
     RESUME_MAY_CHANGE,
@@ -59,6 +66,7 @@ from mtbert.resume import (
     prune,
     read_manifest,
 )
+from mtbert.stages import Stage, plan_stages, stage_at, stage_configs
 from mtbert.tasks import Task, resolve_tasks
 from mtbert.tracking import check_trackers, hyperparameters, logging_dir, project_name, tracker_values
 
@@ -189,26 +197,30 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                                 max_examples=task.max_train_examples, class_balanced=task.class_balanced,
                                 length_pool=recipe.speed.length_pool)
                for i, (name, task) in enumerate(tasks.items())}
-    sampler = TaskSampler(recipe.sampling.strategy, {n: s.pass_size for n, s in streams.items()},
-                          {n: s.batches_per_pass for n, s in streams.items()}, seed=recipe.seed,
-                          temperature=recipe.sampling.temperature, anneal_decay=recipe.sampling.anneal_decay,
-                          epochs=recipe.train.epochs)
+    triplet_streams = build_triplet_streams(recipe, data, accelerator, pad_id)
     accum = recipe.train.grad_accum
-    steps = total_steps(sampler.steps_per_epoch, recipe.train.epochs, accum, recipe.train.max_steps)
-    steps_per_epoch = math.ceil(sampler.steps_per_epoch / accum)
-    eval_every = recipe.eval.every_steps or steps_per_epoch
+    stages = plan_stages(recipe, streams, triplet_streams, accum)
+    steps = stages[-1].end
+    eval_every = recipe.eval.every_steps or stages[0].steps_per_epoch
     accelerator.print(f"tasks: {', '.join(tasks)} | sampling {recipe.sampling.strategy} | "
-                      f"{steps_per_epoch} steps per epoch | {steps} steps | eval every {eval_every} steps")
+                      f"{stages[0].steps_per_epoch} steps per epoch | {steps} steps | eval every {eval_every} steps"
+                      + (f" | SMART on {', '.join(stages[0].smart)}" if stages[0].smart else "")
+                      if not recipe.stages else "\n".join(stage.describe() for stage in stages))
+    teacher = smart_teacher(model, stages, accelerator)
 
     optimizer = build_optimizer(recipe.train.optimizer, optimizer_groups(model, recipe.train.weight_decay),
                                 lr=recipe.train.lr, betas=recipe.train.betas, eps=recipe.train.eps,
                                 **speed.optimizer_options(recipe.speed, recipe.train.optimizer))
     # Stepped by hand once per optimizer step: the schedule is counted in optimizer steps whatever the
     # number of processes, so it is not handed to accelerator.prepare (which would step it per process).
-    scheduler = linear_schedule(optimizer, int(recipe.train.warmup_ratio * steps), steps)
+    # Each stage has its own warm-up and linear decay at its own peak learning rate.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: stage_at(stages, step).lr_factor(step, recipe.train.lr))
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         configure_deepspeed(accelerator, recipe)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if teacher is not None:
+        teacher.model.to(accelerator.device)
     dev_loaders = {name: accelerator.prepare(eval_loader(ds.select(range(min(len(ds), recipe.eval.max_examples)))
                                                          if recipe.eval.max_examples else ds,
                                                          recipe.eval.batch_size, pad_id,
@@ -218,8 +230,13 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     if accelerator.is_main_process:
         checkpoint.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
-    progress, losses = Progress(), LossMeter(accelerator.device)
-    state = training_state(accelerator, model, optimizer, scheduler, streams, progress, losses)
+    progress, losses, smart_losses = Progress(), LossMeter(accelerator.device), LossMeter(accelerator.device)
+    extra_state = {"triplet_streams": StreamPositions(triplet_streams)} if triplet_streams else {}
+    if any(stage.smart for stage in stages):
+        extra_state["smart_losses"] = smart_losses
+    if teacher is not None:
+        extra_state["smart_teacher"] = teacher
+    state = training_state(accelerator, model, optimizer, scheduler, streams, progress, losses, extra_state)
     run_info = {"recipe": recipe_text, "launch": launch_info(accelerator),
                 "train_examples": {name: len(ds) for name, ds in data.train.items()}}
     if resume_from:
@@ -241,19 +258,30 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     model.train()
     with StopSignals() as signals:
         for step in range(progress.step, steps):
+            stage = stage_at(stages, step)
+            if step == stage.start and teacher is not None and stage.uses_teacher:
+                teacher.reset(accelerator.unwrap_model(model))  # the proximal term starts from the weights of now
             nonfinite = None
             for micro in range(accum):
-                micro_step = step * accum + micro
                 with accelerator.accumulate(model):
                     loss = torch.zeros((), device=accelerator.device)
-                    for name in sampler.tasks_at(micro_step):
-                        host_batch = streams[name].next_batch()
+                    for name in stage.tasks_at(step, micro, accum):
+                        host_batch = (triplet_streams if stage.contrastive else streams)[name].next_batch()
                         tokens += speed.real_tokens(host_batch)  # counted on the host: no wait for the device
                         batch = {k: v.to(accelerator.device, non_blocking=True) for k, v in host_batch.items()}
-                        task_loss = LOSSES[tasks[name].loss](model(name, batch), batch["labels"])
+                        if stage.contrastive:
+                            vectors = model(name, batch, vectors=True)  # (3B, H): anchors, positives, negatives
+                            task_loss = contrastive_loss(stage.objective, vectors, scale=recipe.contrastive.scale,
+                                                         margin=recipe.contrastive.margin)
+                            regulariser = 0.0
+                        else:
+                            outputs = model(name, batch)
+                            task_loss = LOSSES[tasks[name].loss](outputs, batch["labels"])
+                            regulariser = smart_terms(accelerator, model, teacher, stage, tasks[name], batch, outputs,
+                                                      smart_losses)
                         task_loss = faults.loss(step + 1, task_loss)
-                        guard.observe(step + 1, name, task_loss)
-                        loss = loss + tasks[name].loss_weight * task_loss
+                        guard.observe(step + 1, name, task_loss + regulariser)
+                        loss = loss + tasks[name].loss_weight * (task_loss + regulariser)
                         losses.add(name, task_loss)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
@@ -266,6 +294,9 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                     if nonfinite is None:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+            if teacher is not None and stage.uses_teacher and nonfinite is None:
+                beta = BetaSchedule(recipe.smart.beta, recipe.smart.beta_final, recipe.smart.beta_switch)
+                teacher.update(accelerator.unwrap_model(model), beta.at(step - stage.start, stage.steps))
             scheduler.step()
             bar.update(1)
             done = progress.step = step + 1
@@ -275,7 +306,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                 accelerator.print(f"step {done}: non-finite loss on task {nonfinite[1]}; step skipped")
                 guard.reset()
             log_due = done % recipe.train.log_every == 0 or done == steps
-            eval_due = done % eval_every == 0 or done == steps
+            eval_due = done == stage.end or (done % recipe.eval.every_steps == 0 if recipe.eval.every_steps
+                                             else (done - stage.start) % stage.steps_per_epoch == 0)
             save_due = done == steps or (recipe.train.checkpoint_every and done % recipe.train.checkpoint_every == 0)
             stop_signal = stop_vote.agree(signals.received)
             if log_due or eval_due or save_due or stop_signal:
@@ -284,8 +316,12 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                 means = losses.means()
                 elapsed = time.perf_counter() - started
                 bar.set_postfix({n: f"{v:.3f}" for n, v in means.items()})
-                log.write({"step": done, "lr": scheduler.get_last_lr()[0], "loss": means,
-                           "tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
+                record = {"step": done, "lr": scheduler.get_last_lr()[0], "loss": means}
+                if stage.smart:
+                    record["smart_loss"] = smart_losses.means()  # adversarial and proximal terms, per task
+                if recipe.stages:
+                    record["stage"] = stage.name
+                log.write(record | {"tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
             if eval_due:
                 metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
                 log.write({"step": done, "dev": metrics})
@@ -313,6 +349,62 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     accelerator.print(f"exported the {'best' if recipe.eval.keep_best else 'last'} model "
                       f"(step {best['step']}, overall {best['overall']:.4f}) to {output}")
     return best
+
+
+def build_triplet_streams(recipe: Recipe, data: RunData, accelerator: Accelerator,
+                          pad_id: int) -> dict[str, TripletStream]:
+    """Anchor/positive/negative streams of the tasks that contrastive stages train on (none without one)."""
+    names = list(dict.fromkeys(name for config in stage_configs(recipe) if config.objective != "supervised"
+                               for name in config.tasks or recipe.tasks))
+    sentences = {name: task_sentences(name, data.tasks[name].kind, data.train[name]) for name in names}
+    streams = {}
+    for i, name in enumerate(names):
+        others = [text for other in names if other != name
+                  for text in sentences[other].text_a + (sentences[other].text_b or [])]
+        try:
+            triplets = build_triplets(sentences[name], others, seed=recipe.seed,
+                                      positive_min=recipe.contrastive.positive_min,
+                                      negative_max=recipe.contrastive.negative_max,
+                                      other_task_negatives=recipe.contrastive.other_task_negatives)
+        except TripletError as e:
+            raise MtbertError(f"stages: {e}") from None
+        task = data.tasks[name]
+        streams[name] = TripletStream(tokenize_triplets(triplets, data.tokenizer, recipe.model.max_length),
+                                      task.batch_size, seed=recipe.seed, stream_id=len(data.tasks) + i, pad_id=pad_id,
+                                      num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                                      max_examples=task.max_train_examples, length_pool=recipe.speed.length_pool)
+        accelerator.print(f"{name}: {len(triplets)} anchor/positive/negative triplets")
+    return streams
+
+
+def smart_teacher(model: MultiTaskModel, stages: list[Stage], accelerator: Accelerator) -> MomentumTeacher | None:
+    """SMART's momentum teacher when a stage uses the proximal term (made before the model is prepared)."""
+    if any(stage.smart for stage in stages) and accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise MtbertError("smart: SMART is not available under DeepSpeed (its extra forwards and teacher run on the "
+                          "whole model); use DDP (accelerate_configs/multi_gpu.yaml) or switch smart off")
+    return MomentumTeacher(model) if any(stage.uses_teacher for stage in stages) else None
+
+
+def smart_terms(accelerator: Accelerator, model, teacher: MomentumTeacher | None, stage: Stage, task: Task,
+                batch: dict, outputs: torch.Tensor, meter: LossMeter) -> torch.Tensor | float:
+    """SMART's weighted adversarial and proximal terms for one task's batch (0 when the stage does not use
+    SMART for it). The extra forwards run on the unwrapped model inside the autocast of mixed precision;
+    their graph joins the training forward's, so one backward (and one DDP reduction) carries everything."""
+    settings = stage.smart.get(task.name)
+    if settings is None:
+        return 0.0
+    module = accelerator.unwrap_model(model)
+    total = 0.0
+    with accelerator.autocast():
+        if settings.adv_weight:
+            adversarial = adversarial_loss(module, task.name, task.kind, batch, outputs, settings)
+            meter.add(f"{task.name}.adv", adversarial)
+            total = total + settings.adv_weight * adversarial
+        if settings.prox_weight:
+            proximal = proximal_loss(task.kind, outputs, teacher.outputs(task.name, batch))
+            meter.add(f"{task.name}.prox", proximal)
+            total = total + settings.prox_weight * proximal
+    return total
 
 
 def stored_recipe(recipe: Recipe, tasks: dict[str, Task]) -> Recipe:
@@ -506,8 +598,8 @@ class StreamPositions:
 
 
 def training_state(accelerator: Accelerator, model, optimizer, scheduler, streams: dict[str, TaskStream],
-                   progress: Progress, losses: LossMeter) -> TrainingState:
-    """Everything a checkpoint must hold for a resumed run to continue exactly.
+                   progress: Progress, losses: LossMeter, extra: dict | None = None) -> TrainingState:
+    """Everything a checkpoint must hold for a resumed run to continue exactly (`extra`: more named parts).
 
     Without DeepSpeed every process holds the same model and optimizer, saved once. Under ZeRO each
     process saves its own optimizer shard with the fp32 master weights; under ZeRO-3 these also restore
@@ -528,6 +620,8 @@ def training_state(accelerator: Accelerator, model, optimizer, scheduler, stream
     state.add("streams", StreamPositions(streams))
     state.add("progress", progress)
     state.add("losses", losses)
+    for name, part in (extra or {}).items():  # the objectives' state: triplet streams, SMART's teacher
+        state.add(name, part)
     state.add("rng", RandomState(), per_process=True)  # last: nothing restored after it may draw numbers
     return state
 

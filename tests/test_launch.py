@@ -214,7 +214,15 @@ accelerator.end_training()  # destroys the process group before exit, while both
 TWO_PROCESS_CASES = {"frozen_encoder": ["model.sharing=frozen"],
                      # frozen, shared and per-group copies; a relational layer only some tasks run through
                      "sharing_plan": ["model.sharing=EF-F1-I1[quora+sts]+R1[quora+sts]"],
-                     "gradient_accumulation": ["train.grad_accum=2"]}
+                     "gradient_accumulation": ["train.grad_accum=2"],
+                     # SMART's extra forwards run on the unwrapped model inside the wrapper's graph: one backward,
+                     # one reduction; the teacher follows identical weights on both processes
+                     "smart": ["smart.enabled=true", "train.grad_accum=2"],
+                     # a triplet stage (three sentences per example), then round-robin with SMART. On the tiny
+                     # random encoder every sentence gets almost the same vector, so the triplet loss has gradients
+                     # of ~1e-9 whose float rounding AdamW's first steps blow up to +-lr: the stage runs at lr 1e-6.
+                     # (tests/objectives/test_contrastive.py checks that processes split triplet batches exactly.)
+                     "stages": ["stages=[{objective: triplet, max_steps: 3, lr: 1.0e-6}, {max_steps: 3, smart: true}]"]}
 
 
 @pytest.mark.slow

@@ -392,8 +392,8 @@ class BertModelOutput(NamedTuple):
 class BertModel(nn.Module):
     """Embeddings, encoder and optional pooler.
 
-    ``forward`` is ``embed`` -> ``attention_mask_for`` -> [``pack``] -> ``encoder`` -> [``unpack``] ->
-    ``pooler``; each step is public so a caller can run the embeddings once and any subset of
+    ``forward`` is ``embed`` -> ``encode`` (``attention_mask_for`` -> [``pack``] -> ``encoder`` ->
+    [``unpack``] -> ``pooler``); each step is public so a caller can run the embeddings once and any subset of
     ``encoder.layer`` after it, padded or packed (see "Masks and packing" above).
     """
 
@@ -453,6 +453,16 @@ class BertModel(nn.Module):
         """first_token_only: the last layer computes each sequence's first token only (what the pooler and
         any [CLS] reader use): last_hidden_state is then (B, 1, H)."""
         hidden = self.embed(input_ids, token_type_ids)  # (B, T, H)
+        return self.encode(hidden, attention_mask, first_token_only)
+
+    def encode(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        first_token_only: bool = False,
+    ) -> BertModelOutput:
+        """forward from the embeddings' output (B, T, H) on: the layers and the pooler. What a caller that
+        changes the embedded input (an adversarial perturbation, SMART) runs after ``embed``."""
         mask = self.attention_mask_for(attention_mask)  # (B, 1, 1, T) or None
         if self.unpad and mask is not None:
             hidden, mask = self.pack(hidden, mask)  # (N, H), PackedMask

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +69,19 @@ class MultiTaskConfig:
         return cls(encoder=BertConfig(**data["encoder"]), tasks=tasks, sharing=sharing)
 
 
+class Embedded(NamedTuple):
+    """A batch as the task's branch's embeddings give it, before the first layer."""
+
+    hidden: torch.Tensor
+    "(B, T, H) output of the embeddings; (2B, T, H) for a siamese pair, first sentences first."
+    attention_mask: torch.Tensor
+    "(B, T) 1 for real tokens, 0 for padding; (2B, T) for a siamese pair."
+
+    def perturbed(self, noise: torch.Tensor) -> Embedded:
+        """The same batch with `noise` (shaped like hidden) added to the embeddings' output."""
+        return self._replace(hidden=self.hidden + noise)
+
+
 # Poolers that read the last layer at the [CLS] position only.
 FIRST_TOKEN_POOLERS = ("cls", "cls_raw")
 
@@ -101,20 +115,53 @@ class MultiTaskModel(nn.Module):
     def sentence_vectors(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                          token_type_ids: torch.Tensor) -> torch.Tensor:
         """Encode with the task's branch and pool: (B, T) ids -> (B, H)."""
-        first_token_only = self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
         out = self.encoder(task, input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                           first_token_only=first_token_only)  # last_hidden_state (B, T, H) or (B, 1, H)
+                           first_token_only=self._first_token_only(task))  # last_hidden_state (B, T, H) or (B, 1, H)
+        return self._pool_output(task, out, attention_mask)
+
+    def embed(self, task: str, batch: dict[str, torch.Tensor]) -> Embedded:
+        """The task's branch's embeddings of a batch, the point from which `forward(embedded=...)` continues;
+        a siamese pair's two sentences are stacked, (2B, T, H), first sentences first."""
+        ids, mask, types = self._inputs(task, batch)
+        return Embedded(self.encoder.embed(task, ids, types), mask)
+
+    def pool(self, task: str, embedded: Embedded) -> torch.Tensor:
+        """Run the task's branch from its embeddings' output and pool: (B, T, H) -> (B, H)."""
+        out = self.encoder.encode(task, embedded.hidden, embedded.attention_mask, self._first_token_only(task))
+        return self._pool_output(task, out, embedded.attention_mask)
+
+    def _first_token_only(self, task: str) -> bool:
+        return self.last_layer_cls_only and self.config.tasks[task].pooler in FIRST_TOKEN_POOLERS
+
+    def _pool_output(self, task: str, out, attention_mask: torch.Tensor) -> torch.Tensor:
         if self.config.tasks[task].pooler == "cls":
             return out.pooler_output  # the branch's BertPooler
         return self.poolers[task](out.last_hidden_state, attention_mask)
 
-    def forward(self, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits (B, C) for classes, else one value per example (B,)."""
+    def _inputs(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """ids, mask and token types the branch runs on: (B, T) each, or (2B, T) for a siamese pair."""
+        if self.config.tasks[task].encoding == "siamese" and "input_ids_b" in batch:
+            return self._siamese_inputs(batch)
+        return batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]  # one sentence (or a cross pair)
+
+    def forward(self, task: str, batch: dict[str, torch.Tensor] | None = None, *,
+                embedded: Embedded | None = None, vectors: bool = False) -> torch.Tensor:
+        """Logits (B, C) for classes, else one value per example (B,).
+
+        embedded: continue from this output of `embed` (perhaps perturbed) instead of embedding `batch`.
+        vectors: return the pooled sentence vectors instead, (B, H) ((2B, H) for a siamese pair), what
+        contrastive objectives compare (through forward, so that a DDP wrapper sees the call).
+        """
         spec = self.config.tasks[task]
+        if embedded is None:
+            pooled = self.sentence_vectors(task, *self._inputs(task, batch))  # (B, H), or (2B, H) for a siamese pair
+        else:
+            pooled = self.pool(task, embedded)
+        if vectors:
+            return pooled
         if spec.encoding != "siamese":
-            pooled = self.sentence_vectors(task, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
             return self._squeeze(spec, self.heads[task](pooled))
-        u, v = self._siamese_vectors(task, batch)
+        u, v = pooled.chunk(2)  # (B, H) each
         if spec.kind == "regression" and spec.siamese_regression == "cosine":
             low, high = spec.label_range
             return low + (high - low) * F.cosine_similarity(u, v, dim=-1)
@@ -123,18 +170,19 @@ class MultiTaskModel(nn.Module):
 
     def _siamese_vectors(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both sentences of each pair through the encoder in one pass: (2B, T) in, two (B, H) out."""
+        return self.forward(task, batch, vectors=True).chunk(2)
+
+    def _siamese_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A pair batch's two sentences stacked, padded to one length: ids, mask, token types, each (2B, T)."""
         a, b = batch["input_ids"], batch["input_ids_b"]
         length = max(a.shape[1], b.shape[1])
 
-        def stack(key: str) -> torch.Tensor:
+        def stack(key: str, value: int = 0) -> torch.Tensor:
             x, y = batch[key], batch[f"{key}_b"]
-            return torch.cat([F.pad(x, (0, length - x.shape[1])), F.pad(y, (0, length - y.shape[1]))])  # (2B, T)
+            return torch.cat([F.pad(x, (0, length - x.shape[1]), value=value),
+                              F.pad(y, (0, length - y.shape[1]), value=value)])  # (2B, T)
 
-        pad_id = self.config.encoder.pad_token_id
-        ids = torch.cat([F.pad(a, (0, length - a.shape[1]), value=pad_id),
-                         F.pad(b, (0, length - b.shape[1]), value=pad_id)])  # (2B, T)
-        vectors = self.sentence_vectors(task, ids, stack("attention_mask"), stack("token_type_ids"))  # (2B, H)
-        return vectors[: a.shape[0]], vectors[a.shape[0]:]
+        return stack("input_ids", self.config.encoder.pad_token_id), stack("attention_mask"), stack("token_type_ids")
 
     @staticmethod
     def _squeeze(spec: TaskHeadSpec, out: torch.Tensor) -> torch.Tensor:

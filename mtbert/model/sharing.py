@@ -580,11 +580,22 @@ class BranchedEncoder(nn.Module):
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> BertModelOutput:
         """The task's branch; first_token_only as in BertModel.forward (last_hidden_state (B, 1, H))."""
+        return self.encode(task, self.embed(task, input_ids, token_type_ids), attention_mask, first_token_only)
+
+    def embed(self, task: str, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The task's branch's embeddings: (B, T) ids -> (B, T, H) input of its first layer."""
+        return self._view(task).embed(input_ids, token_type_ids)
+
+    def encode(self, task: str, hidden: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               first_token_only: bool = False) -> BertModelOutput:
+        """The task's branch from its embeddings' output (B, T, H) on (BertModel.encode)."""
+        return self._view(task).encode(hidden, attention_mask, first_token_only)
+
+    def _view(self, task: str) -> BertModel:
         view = self.branch(task)
         if view.training != self.training:
             view.train(self.training)
-        return view(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
-                    first_token_only=first_token_only)
+        return view
 
     def branch_names(self) -> dict[str, tuple[str, ...]]:
         """Branch name (its tasks joined by '+') -> its tasks."""
