@@ -538,6 +538,9 @@ def _apply_override(raw: dict, item: str) -> None:
             node[part] = parsed
             return
         child = node[part] if isinstance(node, list) else node.get(part)
+        if child is None and parts[i + 1].isdigit():  # e.g. stages.0.lr on a recipe that lists no stages
+            raise MtbertError(f"override '{item}': the recipe has no '{'.'.join(parts[:i + 1])}' list to take "
+                              f"item {parts[i + 1]} of; write the list in the recipe first")
         if child is None:
             child = node[part] = {}
         if not isinstance(child, (dict, list)):

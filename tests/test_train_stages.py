@@ -163,3 +163,9 @@ def test_list_items_can_be_overridden_by_index(tmp_path, tokenizer_dir):
     assert recipe.stages[1].max_steps == 7 and recipe.stages[0].tasks == ["sst"]
     with pytest.raises(MtbertError, match="'stages' has items 0-1, not '2'"):
         load_recipe(path, ["stages.2.lr=1e-3"])
+
+
+def test_an_index_override_on_a_recipe_without_the_list_says_so(tmp_path, tokenizer_dir):
+    path = write_recipe(tmp_path, tokenizer_dir)
+    with pytest.raises(MtbertError, match="the recipe has no 'stages' list to take item 0 of"):
+        load_recipe(path, ["stages.0.max_steps=3"])
