@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from mtbert.config import Recipe, parse_recipe
 from mtbert.errors import MtbertError
+from mtbert.files import write_atomically, write_text_atomically
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
 from mtbert.model.sharing import upgrade_unbranched_state_dict
@@ -230,31 +231,15 @@ def save_encoder(model: BertModel, folder: str | os.PathLike[str]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     # Weights first, so a freshly written folder never has a config.json without its weights.
-    _write_atomically(
+    write_atomically(
         folder / SAFETENSORS_FILE,
         lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
     )
     config_text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    _write_atomically(
+    write_atomically(
         folder / CONFIG_FILE,
         lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8"),
     )
-
-
-def _write_atomically(target: Path, write: Callable[[str], object]) -> None:
-    """Write through a temporary file in the same folder, then rename it over the target."""
-    handle, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(tmp)
-        # mkstemp creates owner-only files; a saved model should be as readable as any output.
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,12 +263,6 @@ class LoadedModel:
     metrics: dict
 
 
-def write_text_atomically(path: str | os.PathLike[str], text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str], *, recipe: str,
                  metrics: dict, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write the model, its tokenizer, the resolved recipe and its dev metrics into `folder`.
@@ -303,7 +282,7 @@ def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str
         tokenizer.save_pretrained(staging)
         for name in os.listdir(staging):
             os.replace(os.path.join(staging, name), folder / name)
-    _write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
     write_text_atomically(folder / MODEL_CONFIG_FILE, config_json + "\n")
     write_text_atomically(folder / RECIPE_FILE, recipe)
     write_text_atomically(folder / METRICS_FILE, metrics_json + "\n")
@@ -385,7 +364,7 @@ def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str
 
     def write(folder: Path) -> None:
         if with_head:
-            _write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+            write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
             write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         else:
             save_encoder(encoder, folder)

@@ -129,8 +129,8 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
 
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
-    from mtbert.checkpoint import write_text_atomically
     from mtbert.evaluation import evaluate_checkpoint, format_table
+    from mtbert.files import write_text_atomically
     from mtbert.report import write_report
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
@@ -169,7 +169,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
     every task's at once.
     """
-    from mtbert.checkpoint import write_text_atomically
+    from mtbert.files import write_text_atomically
     from mtbert.prediction import predict_lines, predict_split, read_input
 
     if format not in ("tsv", "jsonl"):
@@ -226,8 +226,8 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
     print(g.get_model_path())") --data-dir ../shared/data --steps 30 --compare transformers --output bench.json
     """
     from mtbert.bench import format_report, run_bench
-    from mtbert.checkpoint import write_text_atomically
     from mtbert.config import load_recipe
+    from mtbert.files import write_text_atomically
 
     result = run_bench(load_recipe(recipe, list(overrides or []), data_dir=data_dir), steps=steps, warmup=warmup,
                        compare=compare, predict_limit=predict_examples, memory=memory, profile=profile,

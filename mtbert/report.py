@@ -25,6 +25,7 @@ import numpy as np
 from mtbert import checkpoint, plots
 from mtbert.errors import MtbertError
 from mtbert.evaluation import SplitPredictions, predict_tasks, score_predictions
+from mtbert.files import write_text_atomically
 from mtbert.tasks import Task
 
 LOG_FILE = "train_log.jsonl"
@@ -64,7 +65,7 @@ def write_report(run_dir: str | Path, split: str = "dev", task_names: list[str] 
         report.files += files
         sections.append(text)
     markdown = _markdown(run_dir, loaded, split, predicted, results, records, log_note, exported_step, sections)
-    checkpoint.write_text_atomically(folder / REPORT_FILE, markdown)
+    write_text_atomically(folder / REPORT_FILE, markdown)
     report.files.append(folder / REPORT_FILE)
     return report
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mtbert.checkpoint import write_text_atomically
+from mtbert.files import write_text_atomically
 from mtbert.tasks import SUBMISSION_FILES, Task
 
 # The GLUE server's file name per task (MNLI's test split here is the matched one).

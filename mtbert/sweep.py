@@ -21,7 +21,6 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ import yaml
 
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
+from mtbert.files import write_bytes_atomically
 
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
@@ -143,7 +143,7 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
         except MtbertError as e:
             raise MtbertError(f"combination {combo.title}: {e}") from None
     output.mkdir(parents=True, exist_ok=True)
-    _write_atomically(output / "sweep.json", json.dumps(
+    write_bytes_atomically(output / "sweep.json", json.dumps(
         {"recipe": str(recipe), "overrides": overrides, "data_dir": data_dir,
          "grid": {a.key: [label for label, _ in a.values] for a in axes}}, indent=2).encode())
     results = []
@@ -208,10 +208,10 @@ def run_combination(recipe: Path, combo: Combination, overrides: list[str], fold
     else:
         result["status"] = "failed"
     if result["status"] == "ok":
-        _write_atomically(folder / RESULT_FILE, json.dumps(result, indent=2).encode())
+        write_bytes_atomically(folder / RESULT_FILE, json.dumps(result, indent=2).encode())
     else:
         result["output_tail"] = _tail(folder / TRAIN_OUTPUT) + ([result["error"]] if "error" in result else [])
-        _write_atomically(folder / FAILURE_FILE, json.dumps(result, indent=2).encode())
+        write_bytes_atomically(folder / FAILURE_FILE, json.dumps(result, indent=2).encode())
     return result
 
 
@@ -282,20 +282,6 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------------------------------------
 # Tables and plot
 
@@ -346,13 +332,13 @@ def write_tables(results: list[dict], axes: list[Axis], output: Path, title: str
     header, raw, cells = table_rows(results, axes)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in cells]
-    _write_atomically(output / "sweep.md", ("\n".join(lines) + "\n").encode())
+    write_bytes_atomically(output / "sweep.md", ("\n".join(lines) + "\n").encode())
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows([["" if v is None else v for v in row] for row in raw])
-    _write_atomically(output / "sweep.csv", buffer.getvalue().encode())
-    _write_atomically(output / "sweep.png", plot(results, title))
+    write_bytes_atomically(output / "sweep.csv", buffer.getvalue().encode())
+    write_bytes_atomically(output / "sweep.png", plot(results, title))
 
 
 def plot(results: list[dict], title: str) -> bytes:

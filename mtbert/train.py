@@ -29,7 +29,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from mtbert import checkpoint, faults, speed
+from mtbert import checkpoint, faults, files, speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.streams import TaskStream
@@ -228,7 +228,7 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                    for name, ds in data.dev.items()}
 
     if accelerator.is_main_process:
-        checkpoint.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
+        files.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
     progress, losses, smart_losses = Progress(), LossMeter(accelerator.device), LossMeter(accelerator.device)
     extra_state = {"triplet_streams": StreamPositions(triplet_streams)} if triplet_streams else {}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from mtbert import plots
+from mtbert import files, plots
 
 from helpers import png_size
 
@@ -52,7 +52,7 @@ def test_training_curves(tmp_path):
 def test_a_failed_render_leaves_the_previous_file(tmp_path, monkeypatch):
     path = plots.confusion_matrix(np.array([0, 1]), np.array([0, 1]), ["a", "b"], tmp_path / "c.png", title="t")
     before = path.read_bytes()
-    monkeypatch.setattr(plots.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
+    monkeypatch.setattr(files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
     with pytest.raises(OSError):
         plots.confusion_matrix(np.array([1, 1]), np.array([0, 0]), ["a", "b"], path, title="t")
     assert path.read_bytes() == before and no_temporary_files(tmp_path)
