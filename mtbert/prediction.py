@@ -82,7 +82,7 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     loaded = checkpoint.load_model(ckpt)
     task = _task(loaded.tasks, task_name)
     dataset = parse_lines(lines, task, source)
-    split = SplitData(dataset, source, labelled=False, fingerprint="")
+    split = SplitData(dataset, source, labelled=False)
     # Sentences piped through are often a handful: progress bars only when a person watches stderr.
     watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,

@@ -30,8 +30,6 @@ class SplitData:
     dataset: datasets.Dataset
     source: str
     labelled: bool
-    fingerprint: str
-    "Changes whenever the underlying data may have changed; keys the tokenisation cache."
     skipped_lines: list[int] = field(default_factory=list)
     skip_reason: str = ""
 
@@ -129,9 +127,7 @@ def _read_file(task: Task, split: str, path: Path) -> SplitData:
         raise MtbertError(f"{path}: the {split} split of task {task.name} has no examples")
     if split != "test" and not labelled:
         raise MtbertError(f"{path}: no label column '{task.label_column}' (columns: {', '.join(sorted(seen_columns))})")
-    stat = path.stat()
-    fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return SplitData(_to_dataset(task, columns, labelled), str(path), labelled, fingerprint, skipped,
+    return SplitData(_to_dataset(task, columns, labelled), str(path), labelled, skipped,
                      " and ".join(sorted(reasons)))
 
 
@@ -205,5 +201,4 @@ def _read_hub(task: Task, split: str) -> SplitData:
                "text_a": texts[0], "text_b": texts[1] if task.is_pair else [], "label": []}
     if labelled:
         columns["label"] = [float(v) if task.kind == "regression" else int(v) for v in labels]
-    return SplitData(_to_dataset(task, columns, labelled), f"hub:{label}[{hub_split}]", labelled,
-                     f"hub:{label}:{hub_split}:{raw._fingerprint}")
+    return SplitData(_to_dataset(task, columns, labelled), f"hub:{label}[{hub_split}]", labelled)
