@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -12,13 +15,13 @@ import datasets
 
 from mtbert import checkpoint, speed
 from mtbert.data.encoding import tokenize_split
-from mtbert.data.loading import load_split
-from mtbert.data.reading import SplitData
+from mtbert.data.reading import SplitData, read_split
 from mtbert.errors import MtbertError
 from mtbert.evaluation import default_device
 from mtbert.inference import TaskPredictions, eval_loader, run_inference
-from mtbert.submission import write_submission
+from mtbert.submission import check_ids, check_target, submission_path, write_submission
 from mtbert.tasks import Task
+from mtbert.textfiles import decode_text, read_text
 
 
 def parse_lines(lines: Iterable[str], task: Task, source: str) -> datasets.Dataset:
@@ -82,7 +85,7 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     loaded = checkpoint.load_model(ckpt)
     task = _task(loaded.tasks, task_name)
     dataset = parse_lines(lines, task, source)
-    split = SplitData(dataset, source, labelled=False, fingerprint="")
+    split = SplitData(dataset, source, labelled=False)
     # Sentences piped through are often a handful: progress bars only when a person watches stderr.
     watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
@@ -99,38 +102,77 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     return len(texts)
 
 
-def predict_split(ckpt: str | Path, task_name: str, split: str, output: Path | None, data_dir: str | None = None,
-                  batch_size: int = 128, report: Callable[[str], None] = print) -> Path:
+def predict_split(ckpt: str | Path, task_name: str, split: str, output: str | os.PathLike[str] | None,
+                  data_dir: str | None = None, batch_size: int = 128,
+                  report: Callable[[str], None] = print) -> Path:
     """Predict every example of a split and write the task's submission file (see submission.py):
-    the cs224n files for sst, quora and sts, the GLUE server's for GLUE tasks, else id + prediction."""
+    the cs224n files for sst, quora and sts, the GLUE server's for GLUE tasks, else id + prediction.
+
+    output: None (the standard file name, here), a folder (an existing one, or a name that ends with a
+    slash or has no file extension: created, the standard name inside) or the file itself."""
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
-    target = output if output is not None else Path(".")
-    return _write_split(loaded, _task(loaded.tasks, task_name), split, target, batch_size, report)
+    task = _task(loaded.tasks, task_name)
+    submission = _read_for_submission(loaded, task, split, submission_path(output, task, split), report)
+    _predict(loaded, submission, batch_size)
+    return _write(submission, report)
 
 
 def submit(ckpt: str | Path, out_dir: Path, split: str = "test", task_names: list[str] | None = None,
            data_dir: str | None = None, batch_size: int = 128, report: Callable[[str], None] = print) -> list[Path]:
-    """Every task's submission file for `split`, in one folder."""
+    """Every task's submission file for `split`, in one folder. Every split is read and checked, and
+    every prediction made, before the first file is written."""
     loaded = checkpoint.load_model(ckpt, data_dir=data_dir)
     names = task_names or list(loaded.tasks)
     tasks = [_task(loaded.tasks, name) for name in names]
     if out_dir.exists() and not out_dir.is_dir():
         raise MtbertError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return [_write_split(loaded, task, split, out_dir, batch_size, report) for task in tasks]
+    submissions = [_read_for_submission(loaded, task, split, Path(out_dir) / submission_path(None, task, split),
+                                        report) for task in tasks]
+    for submission in submissions:
+        _predict(loaded, submission, batch_size)
+    return [_write(submission, report) for submission in submissions]
 
 
-def _write_split(loaded: checkpoint.LoadedModel, task: Task, split: str, target: Path, batch_size: int,
-                 report: Callable[[str], None]) -> Path:
-    data, tokenized = load_split(task, split, loaded.recipe.data_dir, loaded.tokenizer,
-                                 loaded.recipe.model.max_length, report=report)
+@dataclass
+class _Submission:
+    """One task's split, read and checked, on its way to the file at `path`."""
+
+    task: Task
+    split: str
+    path: Path
+    replaces: bool
+    "An earlier submission file is at `path`."
+    data: SplitData
+    tokenized: datasets.Dataset
+    predictions: object = None
+
+
+def _read_for_submission(loaded: checkpoint.LoadedModel, task: Task, split: str, path: Path,
+                         report: Callable[[str], None]) -> _Submission:
+    replaces = check_target(path, task, split)  # before the data: a wrong output fails in a second
+    data = read_split(task, split, loaded.recipe.data_dir)
+    check_ids(data, task)
+    if data.skip_report():
+        report(data.skip_report())
+    tokenized = tokenize_split(data, task, loaded.tokenizer, loaded.recipe.model.max_length)
+    return _Submission(task, split, path, replaces, data, tokenized)
+
+
+def _predict(loaded: checkpoint.LoadedModel, submission: _Submission, batch_size: int) -> None:
     device = default_device()
     speed.set_switches(loaded.model, loaded.recipe.speed)
-    result = run_inference(loaded.model.to(device), task,
-                           eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+    result = run_inference(loaded.model.to(device), submission.task,
+                           eval_loader(submission.tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=True)
-    path = write_submission(target, task, split, data.dataset["id"], result.predictions)
+    submission.predictions = result.predictions
+
+
+def _write(submission: _Submission, report: Callable[[str], None]) -> Path:
+    path, data = submission.path, submission.data
+    write_submission(path, submission.task, submission.split, data.dataset["id"], submission.predictions)
+    if submission.replaces:
+        report(f"replaced the earlier submission file {path}")
     if data.skipped_lines:
         report(f"warning: {path} has no prediction for the {len(data.skipped_lines)} skipped row(s) of "
                f"{data.source}; a benchmark server expects one per test row")
@@ -144,10 +186,14 @@ def _task(tasks: dict[str, Task], name: str) -> Task:
 
 
 def read_input(path: Path | None) -> tuple[Iterable[str], str]:
+    """The lines of `path`, or of standard input when it is piped; decoded strictly as UTF-8."""
     if path is None:
         if sys.stdin.isatty():
             raise MtbertError("no input: pass --input FILE, or pipe sentences in (one per line)")
-        return sys.stdin, "<stdin>"
-    if not path.is_file():
+        stream = getattr(sys.stdin, "buffer", None)
+        text = decode_text(stream.read(), "<stdin>") if stream is not None else sys.stdin.read()
+        return io.StringIO(text), "<stdin>"
+    if not path.exists():
         raise MtbertError(f"{path}: input file not found")
-    return path.open(encoding="utf-8"), str(path)
+    # io.StringIO splits lines at "\n" only, unlike str.splitlines (which also splits at U+2028 and others)
+    return io.StringIO(read_text(path)), str(path)

@@ -9,16 +9,24 @@
 - any other task: `<task>-<split>-output.tsv`, `id<TAB>Predicted`.
 
 On another split than test, the file name says the split (`sst-dev-output.csv`, `SST-2-dev.tsv`).
+
+A benchmark server matches predictions to examples by id, so a split whose ids repeat, are empty or are
+only row positions (its file lacks the task's id column) is an error before anything is predicted. A
+submission file replaces only an earlier submission file of the same task and split (recognised by its
+header line), never another file.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mtbert.data.reading import SplitData
+from mtbert.errors import MtbertError
 from mtbert.files import write_text_atomically
 from mtbert.tasks import SUBMISSION_FILES, Task
 
@@ -65,8 +73,55 @@ def submission_text(task: Task, split: str, ids: Sequence[str], predictions: np.
     return f"{fmt.id_header}\t{fmt.prediction_header}\n" + "".join(f"{i}\t{v}\n" for i, v in zip(ids, values))
 
 
-def write_submission(target: Path, task: Task, split: str, ids: Sequence[str], predictions: np.ndarray) -> Path:
-    """Write the task's file; `target` is a folder (the standard file name goes inside) or a file."""
-    path = target / submission_format(task, split).file_name if target.is_dir() else target
+def submission_path(output: str | os.PathLike[str] | None, task: Task, split: str) -> Path:
+    """Where a split's submission file goes: the standard name in the current folder when `output` is None;
+    inside `output` when it is an existing folder, ends with a slash or has no file extension (it is
+    created); else the file `output` itself."""
+    name = submission_format(task, split).file_name
+    if output is None:
+        return Path(name)
+    folder = Path(output)
+    if folder.is_dir() or str(output).endswith(("/", os.sep)) or not folder.suffix:
+        return folder / name
+    return folder
+
+
+def check_ids(data: SplitData, task: Task) -> None:
+    """Each example of the split has an id of its own, from the file's id column when the task names one."""
+    if task.id_column and data.ids_are_positions:
+        raise MtbertError(f"{data.source}: no id column {task.id_column!r}, so a submission could only number the "
+                          f"rows; add the column, or unset tasks.{task.name}.id_column")
+    first: dict[str, int] = {}
+    for index, example_id in enumerate(data.dataset["id"]):
+        if not example_id:
+            raise MtbertError(f"{data.source}: the example on {data.where(index)} has an empty id "
+                              f"({task.id_column!r} column); a submission needs every row's id")
+        if example_id in first:
+            i, j = first[example_id], index
+            both = f"lines {data.lines[i]} and {data.lines[j]}" if data.lines is not None else f"examples {i} and {j}"
+            raise MtbertError(f"{data.source}: id {example_id!r} appears twice ({both}); a submission needs one "
+                              f"row per id")
+        first[example_id] = index
+
+
+def check_target(path: Path, task: Task, split: str) -> bool:
+    """Whether writing `path` replaces an earlier submission file; anything else already there is an error."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise MtbertError(f"{path}: exists and is not a plain file; choose another output")
+    if not path.exists():
+        return False
+    fmt = submission_format(task, split)
+    try:
+        with path.open("rb") as f:
+            first = f.readline(4096)
+    except OSError as e:
+        raise MtbertError(f"{path}: exists and cannot be read ({e.strerror}); choose another output") from None
+    if first.rstrip(b"\r\n") != f"{fmt.id_header}\t{fmt.prediction_header}".encode():
+        raise MtbertError(f"{path}: exists and is not a {task.name} {split} submission file, so it is not "
+                          f"replaced; move it, or choose another output")
+    return True
+
+
+def write_submission(path: Path, task: Task, split: str, ids: Sequence[str], predictions: np.ndarray) -> None:
+    """Write the task's submission file at `path` (see `submission_path`), whole or not at all."""
     write_text_atomically(path, submission_text(task, split, ids, predictions))
-    return path

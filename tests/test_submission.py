@@ -2,16 +2,19 @@
 
 import random
 
+import datasets
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from mtbert.checkpoint import export_model
 from mtbert.cli import app
-from mtbert.config import dump_recipe, load_recipe
+from mtbert.config import TaskConfig, dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
-from mtbert.submission import GLUE_FILES, submission_format
-from mtbert.tasks import resolve_tasks
+from mtbert.data.reading import SplitData
+from mtbert.errors import MtbertError
+from mtbert.submission import GLUE_FILES, check_ids, submission_format, submission_path
+from mtbert.tasks import resolve_task, resolve_tasks
 from mtbert.train import build_model
 
 from conftest import sentence
@@ -112,3 +115,62 @@ def test_unknown_task_or_missing_test_file_is_one_line(ckpt, tmp_path):
     result = runner.invoke(app, ["submit", str(ckpt), "--to", str(tmp_path / "out"),
                                  "--data-dir", str(tmp_path / "data")])
     assert result.exit_code == 2 and "SST-2/test.tsv: test file of task sst2 not found" in result.output
+
+
+def test_predict_split_output_a_folder_or_a_file(ckpt, tmp_path):
+    runner = CliRunner()
+
+    def predict(output):
+        return runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "rte", "--split", "test",
+                                   "--output", output])
+
+    result = predict(str(tmp_path / "new"))  # no such folder, no file extension: a folder is made
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["RTE.tsv"]
+    result = predict(str(tmp_path / "nested" / "rte.out"))  # a file name: the file itself
+    assert result.exit_code == 0 and rows(tmp_path / "nested" / "rte.out")[0] == "index\tprediction"
+    assert "replaced" not in result.output
+    result = predict(str(tmp_path / "new"))  # again: the earlier submission file is replaced, and said so
+    assert result.exit_code == 0 and f"replaced the earlier submission file {tmp_path / 'new' / 'RTE.tsv'}" \
+        in result.output
+
+
+def test_a_file_that_is_not_a_submission_is_not_replaced(ckpt, tmp_path):
+    notes = tmp_path / "notes.tsv"
+    notes.write_text("my own notes\n")
+    result = CliRunner().invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "rte", "--split", "test",
+                                      "--output", str(notes)])
+    assert result.exit_code == 2
+    assert f"{notes}: exists and is not a rte test submission file, so it is not replaced" in result.output
+    assert notes.read_text() == "my own notes\n"
+
+
+def split_data(ids, lines=(2, 3, 4), positions=False):
+    dataset = datasets.Dataset.from_dict({"id": list(ids), "text_a": ["x"] * len(ids)})
+    return SplitData(dataset, "t.tsv", labelled=False, lines=list(lines) if lines else None,
+                     ids_are_positions=positions)
+
+
+def test_ids_of_a_submission_are_unique_present_and_real():
+    sst = resolve_task("sst", TaskConfig())
+    check_ids(split_data(["a", "b", "c"]), sst)
+    with pytest.raises(MtbertError, match=r"t.tsv: id 'a' appears twice \(lines 2 and 4\)"):
+        check_ids(split_data(["a", "b", "a"]), sst)
+    with pytest.raises(MtbertError, match=r"t.tsv: id 'b' appears twice \(examples 1 and 2\)"):
+        check_ids(split_data(["a", "b", "b"], lines=None), sst)
+    with pytest.raises(MtbertError, match=r"t.tsv: the example on line 3 has an empty id \('id' column\)"):
+        check_ids(split_data(["a", "", "c"]), sst)
+    with pytest.raises(MtbertError, match=r"t.tsv: no id column 'id', so a submission could only number the rows"):
+        check_ids(split_data(["0", "1", "2"], positions=True), sst)
+    custom = resolve_task("mine", TaskConfig(format="tsv", train_file="t.tsv", text_columns=["t"],
+                                             label_column="y", kind="binary"))
+    check_ids(split_data(["0", "1", "2"], positions=True), custom)  # no id column named: positions are the ids
+
+
+@pytest.mark.parametrize(("output", "expected"), [(None, "RTE.tsv"), ("out", "out/RTE.tsv"), ("out/", "out/RTE.tsv"),
+                                                  ("out.d/", "out.d/RTE.tsv"), ("preds.tsv", "preds.tsv")])
+def test_submission_path(output, expected, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(submission_path(output, resolve_task("rte", TaskConfig()), "test")) == expected
+    (tmp_path / "preds.tsv").mkdir()  # an existing folder, whatever its name
+    assert str(submission_path("preds.tsv", resolve_task("rte", TaskConfig()), "test")) == "preds.tsv/RTE.tsv"

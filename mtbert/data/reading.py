@@ -4,12 +4,22 @@ Every example has the columns `id` (str), `text_a` (str), `text_b` (str, pair ta
 the split is labelled, `label` (int class index, or float score). Rows with an empty text or label
 are skipped and reported by line; a label that is present but invalid stops the read with an error
 naming the file and line, since it means the file and the recipe disagree.
+
+Files are decoded strictly as UTF-8 (mtbert/textfiles.py). Quoted formats (cs224n, csv, tsv) are read
+with a strict CSV dialect, and damage that a lenient reader would turn into silently merged rows is an
+error naming the line: a quote never closed, text after a closing quote, or a quoted field that runs
+over lines which look like rows of their own. A row with more fields than the header (a tab inside
+unquoted GLUE text) is an error too, since its columns have shifted.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import itertools
 import json
+import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +29,7 @@ import datasets
 
 from mtbert.errors import MtbertError
 from mtbert.tasks import Task
+from mtbert.textfiles import read_text
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # IMDB-style reviews exceed the 128 KiB default
 
@@ -30,10 +41,16 @@ class SplitData:
     dataset: datasets.Dataset
     source: str
     labelled: bool
-    fingerprint: str
-    "Changes whenever the underlying data may have changed; keys the tokenisation cache."
     skipped_lines: list[int] = field(default_factory=list)
     skip_reason: str = ""
+    lines: list[int] | None = None
+    "The line each example starts on, in the dataset's order; None when the split did not come from a file."
+    ids_are_positions: bool = False
+    "True when the source has no id column, so each example's id is its position."
+
+    def where(self, index: int) -> str:
+        """The line (or, without lines, the position) of example `index`, for messages."""
+        return f"line {self.lines[index]}" if self.lines is not None else f"example {index}"
 
     def skip_report(self) -> str | None:
         if not self.skipped_lines:
@@ -52,7 +69,7 @@ def split_path(task: Task, split: str, data_dir: str | Path) -> Path | None:
 def read_split(task: Task, split: str, data_dir: str | Path) -> SplitData:
     """The examples of `split` (train, dev or test) for `task`, from data_dir or, failing that, the hub."""
     path = split_path(task, split, data_dir)
-    if path is not None and path.is_file():
+    if path is not None and path.exists():
         return _read_file(task, split, path)
     if task.hub is not None and (path is None or not path.parent.exists()):
         return _read_hub(task, split)
@@ -64,38 +81,117 @@ def read_split(task: Task, split: str, data_dir: str | Path) -> SplitData:
 
 def _rows(task: Task, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; the line is where the row starts in the file."""
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise MtbertError(f"{path}: not a regular file (a pipe or a device?); give a data file")
+    text = read_text(path)  # utf-8 only; MRPC's byte-order mark is dropped
     if task.format == "jsonl":
-        with path.open(encoding="utf-8-sig") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MtbertError(f"{path}:{number}: not valid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise MtbertError(f"{path}:{number}: expected a JSON object per line")
-                yield number, {k: "" if v is None else str(v) for k, v in row.items()}
-        return
+        return _json_rows(task, path, text)
+    return _table_rows(task, path, text)
+
+
+def _used_columns(task: Task) -> list[str]:
+    return [c for c in (*task.text_columns, task.label_column, task.id_column) if c]
+
+
+def _json_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+    used = set(_used_columns(task))
+    # Only "\n" ends a JSON line: str.splitlines would also split inside a string holding U+2028.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise MtbertError(f"{path}:{number}: not valid JSON: {e.msg}") from None
+        if not isinstance(row, dict):
+            raise MtbertError(f"{path}:{number}: expected a JSON object per line, got a JSON {_json_type(row)}")
+        yield number, {k: _json_field(v, f"{path}:{number}", k) if k in used else "" for k, v in row.items()}
+
+
+def _json_field(value, where: str, key: str) -> str:
+    """A field the task reads, as text: a string or a number; null is an empty field."""
+    if value is None:
+        return ""
+    if isinstance(value, (dict, list)):
+        raise MtbertError(f"{where}: field {key!r} holds a JSON {_json_type(value)}; expected text or a number")
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _json_type(value) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
+
+
+def _table_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
     delimiter = "," if task.format == "csv" else "\t"
     # GLUE files are TSV without quoting: a '"' is part of the text, and reading them with CSV quoting
-    # silently merges rows. The cs224n files and user csv/tsv files use normal CSV quoting.
-    quoting = csv.QUOTE_NONE if task.format == "glue" else csv.QUOTE_MINIMAL
-    with path.open(encoding="utf-8-sig", newline="") as f:  # utf-8-sig drops MRPC's byte-order mark
-        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
-        first = next(reader, None)
-        if first is None:
+    # silently merges rows. The cs224n files and user csv/tsv files use normal CSV quoting, read strictly.
+    quoted = task.format != "glue"
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+                        quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
+    records = _records(reader, path)
+    first = next(records, None)
+    if first is None:
+        return
+    if task.columns and not all(c in first[2] for c in task.text_columns):
+        header = task.columns  # a headerless file (GLUE CoLA train/dev): its first line is data
+        pending = [first]
+    else:
+        header = [c.strip() for c in first[2]]
+        _check_header(task, path, header)
+        pending = []
+    for start, end, row in itertools.chain(pending, records):
+        if not row:
+            continue
+        if quoted and end > start:
+            _check_swallowed(path, start, end, row, delimiter, len(header))
+        if len(row) > len(header) and any(f.strip() for f in row[len(header):]):
+            hint = "a tab inside unquoted text?" if not quoted else f"an unquoted {delimiter!r} inside a field?"
+            raise MtbertError(f"{path}:{start}: {len(row)} fields, but the header has {len(header)} ({hint})")
+        yield start, _padded(header, row)
+
+
+def _records(reader, path: Path) -> Iterator[tuple[int, int, list[str]]]:
+    """(first line, last line, fields) of each record; quoting the strict reader rejects is an error."""
+    start = 1
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
             return
+        except csv.Error as e:
+            raise MtbertError(_quoting_error(path, start, reader.line_num, str(e))) from None
+        yield start, reader.line_num, row
         start = reader.line_num + 1
-        if task.columns and not all(c in first for c in task.text_columns):
-            header = task.columns  # a headerless file (GLUE CoLA train/dev): its first line is data
-            yield 1, _padded(header, first)
-        else:
-            header = [c.strip() for c in first]
-        for row in reader:
-            if row:
-                yield start, _padded(header, row)
-            start = reader.line_num + 1
+
+
+def _quoting_error(path: Path, start: int, end: int, problem: str) -> str:
+    fix = 'double a quote that is part of the text ("")'
+    if "end of data" in problem:
+        return (f"{path}:{start}: a quote opened in this row is never closed: it swallows the rest of the file "
+                f"(to line {end}); close it, or {fix}")
+    opened = f" (the quoted field opened on line {start})" if end > start else ""
+    return f"{path}:{end}: text after a closing quote{opened}; quote the whole field, or {fix}"
+
+
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+
+
+def _check_swallowed(path: Path, start: int, end: int, row: list[str], delimiter: str, width: int) -> None:
+    """A quoted field may span lines, but not over lines that hold a row's worth of delimiters: that is
+    a stray quote whose closing partner, rows later, merged every row between them into one field."""
+    needed = max(width - 1, 1)
+    for value in row:
+        if any(line.count(delimiter) >= needed for line in _NEWLINE.split(value)[1:]):
+            raise MtbertError(f"{path}:{start}: a quoted field runs from this line to line {end}, over lines that "
+                              f"look like rows of their own (a stray quote?); close it on its line, or double a "
+                              f'quote that is part of the text ("")')
+
+
+def _check_header(task: Task, path: Path, header: list[str]) -> None:
+    for name in dict.fromkeys(_used_columns(task)):
+        if header.count(name) > 1:
+            raise MtbertError(f"{path}:1: column {name!r} appears {header.count(name)} times in the header, so "
+                              f"which one task {task.name} reads is ambiguous")
 
 
 def _padded(header: list[str], row: list[str]) -> dict[str, str]:
@@ -105,6 +201,7 @@ def _padded(header: list[str], row: list[str]) -> dict[str, str]:
 
 def _read_file(task: Task, split: str, path: Path) -> SplitData:
     columns: dict[str, list] = {"id": [], "text_a": [], "text_b": [], "label": []}
+    lines: list[int] = []
     skipped: list[int] = []
     reasons: set[str] = set()
     labelled = None
@@ -125,14 +222,14 @@ def _read_file(task: Task, split: str, path: Path) -> SplitData:
         columns["text_b"].append(texts[1] if task.is_pair else "")
         if labelled:
             columns["label"].append(parse_label(task, raw_label, f"{path}:{number}"))
+        lines.append(number)
     if not columns["id"]:
         raise MtbertError(f"{path}: the {split} split of task {task.name} has no examples")
     if split != "test" and not labelled:
         raise MtbertError(f"{path}: no label column '{task.label_column}' (columns: {', '.join(sorted(seen_columns))})")
-    stat = path.stat()
-    fingerprint = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
-    return SplitData(_to_dataset(task, columns, labelled), str(path), labelled, fingerprint, skipped,
-                     " and ".join(sorted(reasons)))
+    return SplitData(_to_dataset(task, columns, labelled), str(path), labelled, skipped,
+                     " and ".join(sorted(reasons)), lines,
+                     ids_are_positions=task.id_column is None or task.id_column not in seen_columns)
 
 
 def _check_columns(task: Task, split: str, path: Path, present: set[str]) -> None:
@@ -143,7 +240,8 @@ def _check_columns(task: Task, split: str, path: Path, present: set[str]) -> Non
 
 
 def _example_id(task: Task, row: dict[str, str], index: int) -> str:
-    if task.id_column and row.get(task.id_column):
+    """The row's id from the id column (possibly empty: a submission checks), else its position."""
+    if task.id_column and task.id_column in row:
         return row[task.id_column].strip()
     return str(index)
 
@@ -155,6 +253,8 @@ def parse_label(task: Task, raw: str, where: str) -> int | float:
             score = float(raw)
         except ValueError:
             raise MtbertError(f"{where}: score {raw!r} of task {task.name} is not a number") from None
+        if not math.isfinite(score):
+            raise MtbertError(f"{where}: score {raw!r} of task {task.name} is not a finite number")
         if task.label_range and not task.label_range[0] <= score <= task.label_range[1]:
             raise MtbertError(f"{where}: score {score} of task {task.name} is outside "
                               f"[{task.label_range[0]}, {task.label_range[1]}]")
@@ -206,4 +306,4 @@ def _read_hub(task: Task, split: str) -> SplitData:
     if labelled:
         columns["label"] = [float(v) if task.kind == "regression" else int(v) for v in labels]
     return SplitData(_to_dataset(task, columns, labelled), f"hub:{label}[{hub_split}]", labelled,
-                     f"hub:{label}:{hub_split}:{raw._fingerprint}")
+                     ids_are_positions="idx" not in raw.column_names)

@@ -179,8 +179,7 @@ def test_trained_model_keeps_and_applies_its_prompt(tmp_path, tokenizer_dir):
     stored = loaded.recipe.tasks["sst"].prompt
     assert stored != "builtin" and stored.question == BUILTIN_PROMPTS["sst"].question
     # what predict_lines does: a SplitData of the lines, tokenised with the loaded task
-    split = SplitData(parse_lines(["the film was great"], task, "<test>"), "<test>", labelled=False,
-                      fingerprint="")
+    split = SplitData(parse_lines(["the film was great"], task, "<test>"), "<test>", labelled=False)
     row = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                          progress=False)[0]
     tok = loaded.tokenizer

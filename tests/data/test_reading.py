@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import datasets
 import pytest
@@ -150,3 +151,112 @@ def test_hub_failure_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MtbertError, match=r"task mnli: no local folder, and the hub dataset glue/mnli "
                                           r"\(validation_matched\) could not be loaded: Couldn't reach the hub$"):
         read_split(task("mnli"), "dev", tmp_path)
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+MOOD = dict(format="tsv", train_file="m.tsv", text_columns=["text"], label_column="label", kind="binary",
+            label_names=["neg", "pos"])
+
+
+def mood_file(*rows):
+    return "text\tlabel\n" + "".join(r + "\n" for r in rows)
+
+
+OK_ROWS = ["the film\tpos", "a dull plot\tneg", "what a story\tpos"]
+
+
+@pytest.mark.parametrize(("fmt", "text", "line", "problem"), [
+    ("tsv", mood_file(OK_ROWS[0], '"a dull plot\tneg', *OK_ROWS), 3, "never closed"),
+    ("csv", 'text,label\nthe film,pos\n"a dull, plot,neg\nfine,pos\n', 3, "never closed"),
+    ("tsv", mood_file(OK_ROWS[0], '"a dull plot\tneg', OK_ROWS[1], 'the end"\tpos'), 3, "look like rows"),
+    ("tsv", mood_file(OK_ROWS[0], OK_ROWS[1], '"a" plot\tneg'), 4, "text after a closing quote"),
+])
+def test_quoting_damage_is_an_error_naming_the_line(tmp_path, fmt, text, line, problem):
+    write(tmp_path, "m.tsv", text)
+    with pytest.raises(MtbertError, match=rf"m.tsv:{line}: .*{problem}"):
+        read_split(task("mood", **{**MOOD, "format": fmt}), "train", tmp_path)
+
+
+def test_a_quoted_field_may_span_lines_that_are_not_rows(tmp_path):
+    write(tmp_path, "m.tsv", mood_file(OK_ROWS[0], '"a dull\nplot, really"\tneg', OK_ROWS[2]))
+    data = read_split(task("mood", **MOOD), "train", tmp_path)
+    assert data.dataset["text_a"] == ["the film", "a dull\nplot, really", "what a story"]
+    assert data.lines == [2, 3, 5] and data.dataset["label"] == [1, 0, 1]
+
+
+def test_a_row_with_more_fields_than_the_header(tmp_path):
+    glue = {**MOOD, "format": "glue"}
+    write(tmp_path, "m.tsv", mood_file(OK_ROWS[0], "a dull\tplot\tneg"))
+    with pytest.raises(MtbertError, match=r"m.tsv:3: 3 fields, but the header has 2 \(a tab inside unquoted text"):
+        read_split(task("mood", **glue), "train", tmp_path)
+    write(tmp_path, "m.tsv", mood_file("the film\tpos\t", "a dull plot\tneg\t\t"))  # trailing empty fields
+    assert read_split(task("mood", **glue), "train", tmp_path).dataset["label"] == [1, 0]
+
+
+def test_a_column_the_task_reads_twice_in_the_header(tmp_path):
+    write(tmp_path, "m.tsv", "text\tlabel\ttext\nthe film\tpos\ta film\n")
+    with pytest.raises(MtbertError, match=r"m.tsv:1: column 'text' appears 2 times in the header"):
+        read_split(task("mood", **MOOD), "train", tmp_path)
+    write(tmp_path, "m.tsv", "text\tlabel\tnote\tnote\nthe film\tpos\tx\ty\n")  # a repeated column not read
+    assert read_split(task("mood", **MOOD), "train", tmp_path).dataset["text_a"] == ["the film"]
+
+
+def test_data_is_utf8_only(tmp_path):
+    (tmp_path / "m.tsv").write_bytes(mood_file("the film\tpos", "un café\tneg").encode("latin-1"))
+    with pytest.raises(MtbertError, match=r"m.tsv: not UTF-8 text: byte 0xe9 at offset 30 \(line 3\)"):
+        read_split(task("mood", **MOOD), "train", tmp_path)
+    (tmp_path / "m.tsv").write_bytes(b"\xef\xbb\xbf" + mood_file("un café\tneg").encode("utf-8"))
+    assert read_split(task("mood", **MOOD), "train", tmp_path).dataset["text_a"] == ["un café"]
+
+
+def test_a_folder_or_unreadable_file_given_as_data(tmp_path, monkeypatch):
+    (tmp_path / "m.tsv").mkdir()
+    with pytest.raises(MtbertError, match=r"m.tsv: is a folder, not a text file"):
+        read_split(task("mood", **MOOD), "train", tmp_path)
+    (tmp_path / "m.tsv").rmdir()
+    write(tmp_path, "m.tsv", mood_file(*OK_ROWS))
+
+    def denied(self):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # chmod cannot stop root, who runs some test machines
+    with pytest.raises(MtbertError, match=r"m.tsv: cannot be read: Permission denied"):
+        read_split(task("mood", **MOOD), "train", tmp_path)
+
+
+def test_jsonl_fields_the_task_reads_are_text_or_numbers(tmp_path):
+    qa = dict(format="jsonl", train_file="q.jsonl", text_columns=["q"], label_column="y", kind="binary",
+              id_column="id")
+    rows = [{"q": "is it?", "y": 1, "id": 7, "meta": {"any": "thing"}}, {"q": 42, "y": "0", "id": "b"}]
+    write(tmp_path, "q.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    data = read_split(task("qa", **qa), "train", tmp_path)
+    assert data.dataset["text_a"] == ["is it?", "42"] and data.dataset["id"] == ["7", "b"]
+    write(tmp_path, "q.jsonl", json.dumps({"q": "ok", "y": 1}) + "\n" + json.dumps({"q": ["is", "it"], "y": 0}))
+    with pytest.raises(MtbertError, match=r"q.jsonl:2: field 'q' holds a JSON array; expected text or a number"):
+        read_split(task("qa", **qa), "train", tmp_path)
+
+
+@pytest.mark.parametrize("raw", ["nan", "inf", "-Infinity"])
+def test_a_score_must_be_finite(tmp_path, raw):
+    write(tmp_path, "s.csv", f"text,score\nthe film,1.5\na dull plot,{raw}\n")
+    reg = task("r", format="csv", train_file="s.csv", text_columns=["text"], label_column="score",
+               kind="regression")
+    with pytest.raises(MtbertError, match=rf"s.csv:3: score '{raw}' of task r is not a finite number"):
+        read_split(reg, "train", tmp_path)
+
+
+def test_lines_and_ids(tmp_path):
+    folder = tmp_path / "cs224n"
+    write(tmp_path, "cs224n/ids-sst-test-student.csv", "\tid\tsentence\n0\ta\tone\n1\t\ttwo\n2\tc\t\n3\td\tfour\n")
+    data = read_split(task("sst"), "test", tmp_path)
+    assert data.dataset["id"] == ["a", "", "d"]  # an empty id stays empty (a submission refuses it)
+    assert data.lines == [2, 3, 5] and data.skipped_lines == [4] and not data.ids_are_positions
+    (folder / "ids-sst-test-student.csv").write_text("\tsentence\n0\tone\n1\ttwo\n")
+    data = read_split(task("sst"), "test", tmp_path)
+    assert data.dataset["id"] == ["0", "1"] and data.ids_are_positions
