@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mtbert import yamlfile
 from mtbert.errors import MtbertError
 from mtbert.model.sharing import SharingPlanError, parse_plan
 
@@ -478,16 +479,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), data_dir: str | Non
     data_dir precedence: the --data-dir argument, then MTBERT_DATA_DIR, then the recipe.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MtbertError(f"{path}: recipe file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise MtbertError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw, node = yamlfile.load_file(path, "recipe file")
+    lines = _key_lines(node)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -519,15 +512,19 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def _apply_override(raw: dict, item: str) -> None:
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that are not UTF-8 arrive from the command line as lone surrogates
+        raise MtbertError(f"override {ascii(item)}: not UTF-8 text (character {e.start})") from None
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise MtbertError(f"override '{item}': expected key=value, e.g. train.lr=3e-5")
-    try:
-        parsed = yaml.safe_load(value) if value != "" else None
-    except yaml.YAMLError:
-        parsed = value
-    node = raw
     parts = key.split(".")
+    if not all(parts):
+        raise MtbertError(f"override '{item}': the key '{key}' has an empty part; keys are dotted names "
+                          f"such as train.lr or stages.0.max_steps")
+    parsed = _override_value(item, value)
+    node = raw
     for i, part in enumerate(parts):
         if isinstance(node, list):  # a list item by its index, e.g. stages.1.max_steps=200
             if not part.isdigit() or int(part) >= len(node):
@@ -548,8 +545,22 @@ def _apply_override(raw: dict, item: str) -> None:
         node = child
 
 
+def _override_value(item: str, value: str) -> Any:
+    """The value of `key=value` read as YAML (so 3e-5, true, [a, b] and {k: v} arrive typed); text that is
+    not valid YAML is taken as the string it is, but a duplicate key or unbounded aliases are errors."""
+    if value == "":
+        return None
+    try:
+        return yamlfile.parse(value)[0]
+    except (yamlfile.DuplicateKeyError, yamlfile.LimitError) as e:
+        raise MtbertError(f"override '{item}': {e.problem}") from None
+    except yaml.YAMLError:
+        return value
+
+
 def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each key path of a composed YAML document to its 1-based line."""
+    """Map each key path of a composed YAML document to its 1-based line. The walk follows aliases, which
+    yamlfile.parse has already bounded (no cycle, at most MAX_VALUES values expanded)."""
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
