@@ -4,6 +4,7 @@ status 2, before the command opens a checkpoint, reads data or writes anything."
 from __future__ import annotations
 
 import pytest
+
 from badinput import fails_cleanly
 
 RECIPE = """\
