@@ -168,7 +168,7 @@ class ModelConfig:
     dropout: float | None = None
     "Overrides the encoder's hidden and attention dropout; null keeps the checkpoint's."
     max_length: int = 128
-    "Inputs are truncated to this many tokens (a pair counts both sentences)."
+    "Inputs are truncated to this many tokens (a pair counts both sentences); at least 5."
     sharing: str | SharingConfig = "shared"
     "`shared`, `frozen`, `individual`, a layer string like `F2-S3-I1[quora+sts]+R1[quora+sts]`, or a mapping."
     allow_pickle: bool = False
