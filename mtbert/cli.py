@@ -49,8 +49,26 @@ app = typer.Typer(
          "Example: mtbert train recipes/quickstart.yaml && mtbert evaluate ckpt/quickstart",
     no_args_is_help=True, pretty_exceptions_enable=False, add_completion=True, cls=OneLineErrors)
 
+
+def _not_blank(value: Optional[str]) -> Optional[str]:
+    """An empty --data-dir would be ignored silently (and the recipe's folder read): refuse it."""
+    if value is not None and not value.strip():
+        raise typer.BadParameter("an empty folder name; name a folder, or leave the option out")
+    return value
+
+
+def _task_list(value: Optional[str]) -> Optional[str]:
+    """--tasks with no name in it (`,`) would mean every task: refuse it."""
+    if value is not None and not any(name.strip() for name in value.split(",")):
+        raise typer.BadParameter(f"no task name in {value!r}; give e.g. sst,sts, or leave the option out for all")
+    return value
+
+
+# Options several commands share, with their ranges: a bad value is one line naming the option, exit status 2.
 DataDir = Annotated[Optional[str], typer.Option("--data-dir", help="Root of the task files (overrides the recipe "
-                                                                   "and MTBERT_DATA_DIR).")]
+                                                                   "and MTBERT_DATA_DIR).", callback=_not_blank)]
+TaskNames = Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.", callback=_task_list)]
+BatchSize = Annotated[int, typer.Option(min=1, help="Examples per batch.")]
 
 
 def user_errors(command):
@@ -118,10 +136,10 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 @user_errors
 def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
              split: Annotated[str, typer.Option(help="dev, train or test (test needs labels).")] = "dev",
-             tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+             tasks: TaskNames = None,
              data_dir: DataDir = None,
              output: Annotated[Optional[Path], typer.Option(help="JSON file for {task: {metric: value}}.")] = None,
-             batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128,
+             batch_size: BatchSize = 128,
              plots: Annotated[bool, typer.Option("--plots", help="Also write the report's figures and report.md "
                                                                  "(see mtbert report) into CKPT/report-<split>.")]
              = False):
@@ -159,7 +177,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
                                                               "instead (e.g. test): writes id + prediction.")] = None,
             data_dir: DataDir = None,
-            batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+            batch_size: BatchSize = 128):
     """Predict labels (with class probabilities) or scores.
 
     Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
@@ -207,11 +225,11 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 @user_errors
 def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, tasks and batches to time.")],
           overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
-          steps: Annotated[int, typer.Option(help="Timed training steps per side.")] = 30,
-          warmup: Annotated[int, typer.Option(help="Untimed training steps per side first.")] = 3,
+          steps: Annotated[int, typer.Option(min=1, help="Timed training steps per side.")] = 30,
+          warmup: Annotated[int, typer.Option(min=0, help="Untimed training steps per side first.")] = 3,
           compare: Annotated[Optional[str], typer.Option(help="Also time the same work on this reference: "
                                                               "transformers.")] = None,
-          predict_examples: Annotated[int, typer.Option(help="Dev examples per task for the prediction "
+          predict_examples: Annotated[int, typer.Option(min=1, help="Dev examples per task for the prediction "
                                                              "figures.")] = 512,
           memory: Annotated[bool, typer.Option(help="Measure peak memory (a fresh process per side and "
                                                     "phase).")] = True,
@@ -247,7 +265,7 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
 @user_errors
 def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart.")] = "quickstart",
               out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("data/quickstart"),
-              seed: Annotated[int, typer.Option(help="Random seed.")] = 0):
+              seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0):
     """Generate the offline multi-task data set and WordPiece vocabulary the quickstart trains on.
 
     Example: mtbert make-data quickstart --out data/quickstart
@@ -284,11 +302,11 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 @user_errors
 def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
            split: Annotated[str, typer.Option(help="Labelled split to score and plot.")] = "dev",
-           tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+           tasks: TaskNames = None,
            out: Annotated[Optional[Path], typer.Option(help="Folder for the PNGs and report.md; default "
                                                             "RUN_DIR/report-<split>.")] = None,
            data_dir: DataDir = None,
-           batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+           batch_size: BatchSize = 128):
     """Figures and a Markdown summary of a run's scores on a labelled split.
 
     Confusion matrices, predicted-against-gold scatter, label distributions, training curves from
@@ -310,10 +328,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtber
 @user_errors
 def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert train.")],
            to: Annotated[Path, typer.Option(help="Folder for the submission files.")] = Path("submission"),
-           tasks: Annotated[Optional[str], typer.Option(help="Comma-separated tasks; default all.")] = None,
+           tasks: TaskNames = None,
            split: Annotated[str, typer.Option(help="Split to predict.")] = "test",
            data_dir: DataDir = None,
-           batch_size: Annotated[int, typer.Option(help="Examples per batch.")] = 128):
+           batch_size: BatchSize = 128):
     """Write every task's test-set submission file into one folder.
 
     cs224n's sst-test-output.csv, para-test-output.csv, sts-test-output.csv; the GLUE server's SST-2.tsv,

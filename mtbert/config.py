@@ -1,9 +1,11 @@
 """The recipe: typed dataclasses with every default in one place, loaded from YAML and validated once.
 
 A recipe fully describes a run. Each field carries a one-line docstring (the string under it), which
-`mtbert validate` and the README's recipe reference are written from. Command-line overrides are
-dotted `key=value` pairs parsed as YAML scalars and type-checked like the file. Errors name the file,
-the line and the key, and suggest the nearest valid key.
+`mtbert validate` and the README's recipe reference are written from, and each numeric field a range
+(`@ranges` above its dataclass), checked as the recipe loads. The file is read strictly (mtbert/yamlfile.py:
+UTF-8, no key twice, aliases bounded). Command-line overrides are dotted `key=value` pairs parsed as YAML
+scalars and type-checked like the file. Errors name the file, the line and the key, and suggest the
+nearest valid key.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import types
 import typing
@@ -20,6 +23,7 @@ from typing import Any, Literal
 
 import yaml
 
+from mtbert import yamlfile
 from mtbert.errors import MtbertError
 from mtbert.model.sharing import SharingPlanError, parse_plan
 
@@ -29,6 +33,63 @@ SamplingStrategy = Literal["round_robin", "proportional", "temperature", "anneal
 SharingMode = Literal["frozen", "shared", "individual"]
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field may take, checked when the recipe loads: a low and a high bound (None:
+    none), each included unless marked open. Every float must also be finite; a null is not checked."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        low, high = _number(self.low), _number(self.high)
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"above {low}" if self.low_open else f"at least {low}"
+        if self.high is not None:
+            return f"below {high}" if self.high_open else f"at most {high}"
+        return "a finite number"
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+FINITE = Range()
+AT_LEAST_0 = Range(0)
+AT_LEAST_1 = Range(1)
+ABOVE_0 = Range(0, low_open=True)
+FRACTION = Range(0, 1, high_open=True)
+"[0, 1): dropout, warm-up, betas."
+PROBABILITY = Range(0, 1)
+
+RANGES: dict[type, dict[str, Range]] = {}
+"Dataclass -> its numeric fields' ranges; a test checks that every int or float field of the recipe has one."
+
+
+def ranges(**bounds: Range):
+    """Declare the ranges of a dataclass's numeric fields (a list field's items are each checked)."""
+    def declare(cls: type) -> type:
+        unknown = set(bounds) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
+        RANGES[cls] = bounds
+        return cls
+    return declare
+
+
+@ranges(hidden_size=AT_LEAST_1, num_layers=AT_LEAST_1, num_heads=AT_LEAST_1, intermediate_size=AT_LEAST_1,
+        max_position_embeddings=AT_LEAST_1)
 @dataclass
 class SizeConfig:
     """Encoder size, used when `model.init` is `random`."""
@@ -67,6 +128,7 @@ class LayerSharingConfig:
     "individual only: tasks that share one copy, e.g. [[quora, sts]]; a task in no group gets its own."
 
 
+@ranges(layers=AT_LEAST_1)
 @dataclass
 class RelationalConfig:
     """Extra encoder layer(s) on top of the stack, owned by one task group."""
@@ -91,6 +153,8 @@ class SharingConfig:
     "Relational layers, e.g. [{tasks: [quora, sts], layers: 1}]."
 
 
+# A pair needs [CLS] a [SEP] b [SEP]; below 3 tokens the tokenizer silently stops truncating at all.
+@ranges(dropout=FRACTION, max_length=Range(5))
 @dataclass
 class ModelConfig:
     """The shared encoder and its tokenizer."""
@@ -104,13 +168,14 @@ class ModelConfig:
     dropout: float | None = None
     "Overrides the encoder's hidden and attention dropout; null keeps the checkpoint's."
     max_length: int = 128
-    "Inputs are truncated to this many tokens (a pair counts both sentences)."
+    "Inputs are truncated to this many tokens (a pair counts both sentences); at least 5."
     sharing: str | SharingConfig = "shared"
     "`shared`, `frozen`, `individual`, a layer string like `F2-S3-I1[quora+sts]+R1[quora+sts]`, or a mapping."
     allow_pickle: bool = False
     "Load an `init` .bin/.pt file that needs full unpickling (it can run code): only for a file you trust."
 
 
+@ranges(layers=AT_LEAST_1, hidden_size=AT_LEAST_1, dropout=FRACTION)
 @dataclass
 class HeadConfig:
     """A task's output head on top of the pooled vector."""
@@ -156,8 +221,11 @@ class PromptConfig:
 
 
 SmartNorm = Literal["inf", "l2"]
+SMART_RANGES = dict(adv_weight=AT_LEAST_0, prox_weight=AT_LEAST_0, epsilon=AT_LEAST_0, sigma=AT_LEAST_0,
+                    step_size=AT_LEAST_0, steps=AT_LEAST_1)
 
 
+@ranges(**SMART_RANGES)
 @dataclass
 class TaskSmartConfig:
     """One task's SMART settings; a null field takes the recipe's `smart:` value."""
@@ -182,6 +250,8 @@ class TaskSmartConfig:
     "Compute the adversarial term with dropout off."
 
 
+@ranges(num_labels=Range(2), label_range=FINITE, batch_size=AT_LEAST_1, loss_weight=AT_LEAST_0,
+        max_train_examples=AT_LEAST_1)
 @dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
@@ -239,6 +309,7 @@ class TaskConfig:
     "This task's SMART settings, each overriding the recipe's `smart:` value (e.g. {adv_weight: 5}); null: those."
 
 
+@ranges(temperature=ABOVE_0, anneal_decay=PROBABILITY)
 @dataclass
 class SamplingConfig:
     """Which task each step trains on."""
@@ -251,6 +322,9 @@ class SamplingConfig:
     "annealed: p ~ N^a with a = 1 - anneal_decay * (e-1)/(E-1) in epoch e of E (Stickland & Murray)."
 
 
+@ranges(epochs=AT_LEAST_1, max_steps=AT_LEAST_1, batch_size=AT_LEAST_1, grad_accum=AT_LEAST_1, lr=ABOVE_0,
+        weight_decay=AT_LEAST_0, betas=FRACTION, eps=ABOVE_0, warmup_ratio=FRACTION, grad_clip=ABOVE_0,
+        log_every=AT_LEAST_1, checkpoint_every=AT_LEAST_0, keep_checkpoints=AT_LEAST_1)
 @dataclass
 class TrainConfig:
     """Optimizer, schedule and loop."""
@@ -287,6 +361,7 @@ class TrainConfig:
     "A NaN or infinite loss: `stop` the run with a message naming task and step, or `skip` that optimizer step."
 
 
+@ranges(every_steps=AT_LEAST_0, batch_size=AT_LEAST_1, max_examples=AT_LEAST_1)
 @dataclass
 class EvalConfig:
     """Evaluation on dev during training."""
@@ -316,6 +391,7 @@ class TrackingConfig:
     "Folder for trackers that write files (tensorboard); defaults to <output_dir>/tracking."
 
 
+@ranges(length_pool=AT_LEAST_0, eval_max_tokens=AT_LEAST_1)
 @dataclass
 class SpeedConfig:
     """How the run computes: switches that make it faster without changing what it learns (bf16 excepted)."""
@@ -336,6 +412,7 @@ class SpeedConfig:
     "Evaluation batches (longest first) hold at most this many padded tokens; null: eval.batch_size rows each."
 
 
+@ranges(**SMART_RANGES, beta=PROBABILITY, beta_final=PROBABILITY, beta_switch=PROBABILITY)
 @dataclass
 class SmartConfig:
     """SMART (Jiang et al. 2020): an adversarial smoothness term and a proximal term with a momentum teacher,
@@ -371,6 +448,8 @@ ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge"]
 Objective = Literal["supervised", "ranking", "triplet", "lse_hinge"]
 
 
+@ranges(scale=ABOVE_0, margin=AT_LEAST_0, positive_min=FINITE, negative_max=FINITE,
+        other_task_negatives=PROBABILITY)
 @dataclass
 class ContrastiveConfig:
     """Contrastive stages: the losses' settings and how anchor/positive/negative sets are built."""
@@ -387,6 +466,7 @@ class ContrastiveConfig:
     "Probability that a triplet's negative is a sentence of another task of the stage instead."
 
 
+@ranges(epochs=AT_LEAST_1, max_steps=AT_LEAST_1, lr=ABOVE_0, warmup_ratio=FRACTION)
 @dataclass
 class StageConfig:
     """One stage of a run; stages run in order into one output folder. A null field takes the recipe's value."""
@@ -411,6 +491,7 @@ class StageConfig:
     "Fraction of this stage's steps with linear warm-up; null: train.warmup_ratio."
 
 
+@ranges(seed=Range(0, 2**32 - 1))  # numpy's generators take seeds below 2**32
 @dataclass
 class Recipe:
     """A whole run."""
@@ -478,16 +559,8 @@ def load_recipe(path: str | Path, overrides: list[str] = (), data_dir: str | Non
     data_dir precedence: the --data-dir argument, then MTBERT_DATA_DIR, then the recipe.
     """
     path = Path(path)
-    if not path.is_file():
-        raise MtbertError(f"{path}: recipe file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(yaml.compose(text))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise MtbertError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    raw, node = yamlfile.load_file(path, "recipe file")
+    lines = _key_lines(node)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -519,15 +592,19 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def _apply_override(raw: dict, item: str) -> None:
+    try:
+        item.encode("utf-8")
+    except UnicodeEncodeError as e:  # bytes that are not UTF-8 arrive from the command line as lone surrogates
+        raise MtbertError(f"override {ascii(item)}: not UTF-8 text (character {e.start})") from None
     key, sep, value = item.partition("=")
     if not sep or not key:
         raise MtbertError(f"override '{item}': expected key=value, e.g. train.lr=3e-5")
-    try:
-        parsed = yaml.safe_load(value) if value != "" else None
-    except yaml.YAMLError:
-        parsed = value
-    node = raw
     parts = key.split(".")
+    if not all(parts):
+        raise MtbertError(f"override '{item}': the key '{key}' has an empty part; keys are dotted names "
+                          f"such as train.lr or stages.0.max_steps")
+    parsed = _override_value(item, value)
+    node = raw
     for i, part in enumerate(parts):
         if isinstance(node, list):  # a list item by its index, e.g. stages.1.max_steps=200
             if not part.isdigit() or int(part) >= len(node):
@@ -548,8 +625,22 @@ def _apply_override(raw: dict, item: str) -> None:
         node = child
 
 
+def _override_value(item: str, value: str) -> Any:
+    """The value of `key=value` read as YAML (so 3e-5, true, [a, b] and {k: v} arrive typed); text that is
+    not valid YAML is taken as the string it is, but a duplicate key or unbounded aliases are errors."""
+    if value == "":
+        return None
+    try:
+        return yamlfile.parse(value)[0]
+    except (yamlfile.DuplicateKeyError, yamlfile.LimitError) as e:
+        raise MtbertError(f"override '{item}': {e.problem}") from None
+    except yaml.YAMLError:
+        return value
+
+
 def _key_lines(node: yaml.Node | None, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
-    """Map each key path of a composed YAML document to its 1-based line."""
+    """Map each key path of a composed YAML document to its 1-based line. The walk follows aliases, which
+    yamlfile.parse has already bounded (no cycle, at most MAX_VALUES values expanded)."""
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -596,6 +687,8 @@ def _build(cls: type, raw: Any, path: tuple[str, ...], source: _Source) -> Any:
             dotted = ".".join(path + (key,))
             raise MtbertError(f"{source.where(path + (key,))}: unknown key '{dotted}'{hint}")
         kwargs[key] = _convert(hints[key], value, path + (key,), source)
+        if key in RANGES.get(cls, {}):
+            _check_range(RANGES[cls][key], kwargs[key], path + (key,), source)
     try:
         return cls(**kwargs)
     except TypeError:
@@ -604,6 +697,15 @@ def _build(cls: type, raw: Any, path: tuple[str, ...], source: _Source) -> Any:
                    and f.default_factory is dataclasses.MISSING]
         raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: missing required key(s): "
                           f"{', '.join(missing)}") from None
+
+
+def _check_range(bounds: Range, value: Any, path: tuple[str, ...], source: _Source) -> None:
+    """A number, or each number of a list, within its field's range (a null is not checked)."""
+    items = enumerate(value) if isinstance(value, list) else [(None, value)]
+    for index, item in items:
+        if item is not None and item not in bounds:
+            at = path if index is None else path + (str(index),)
+            raise MtbertError(f"{source.where(at)}: {'.'.join(at)}: must be {bounds}, got {item}")
 
 
 def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any:
@@ -617,15 +719,19 @@ def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any
             if type(None) in options:
                 return None
             raise fail()
-        mapping_error = None
-        for option in (o for o in options if o is not type(None)):
+        meant_error = None
+        candidates = [o for o in options if o is not type(None)]
+        for option in candidates:
             try:
                 return _convert(option, value, path, source)
             except MtbertError as e:
-                if isinstance(value, dict) and dataclasses.is_dataclass(option):
-                    mapping_error = e  # a mapping meant as this section: its own message says what is wrong
+                # The only option, a mapping meant as this section or a list meant as this list: its own
+                # message says what is wrong (an item out of range, an unknown key).
+                if (len(candidates) == 1 or isinstance(value, dict) and dataclasses.is_dataclass(option)
+                        or isinstance(value, list) and typing.get_origin(option) is list):
+                    meant_error = e
                 continue
-        raise mapping_error or fail()
+        raise meant_error or fail()
     if origin is Literal:
         if value in typing.get_args(tp):
             return value
@@ -661,14 +767,19 @@ def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any
             return int(value)
         raise fail()
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 raise fail() from None
-        raise fail()
+        if number is None:
+            raise fail()
+        if not math.isfinite(number):
+            raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
@@ -677,7 +788,8 @@ def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any
 
 
 def _check_semantics(recipe: Recipe, source: _Source) -> None:
-    """Checks that span fields; task-level checks live in tasks.resolve_tasks."""
+    """Checks that span fields (each field's own range is checked as it is read, see RANGES); task-level
+    checks live in tasks.resolve_tasks."""
     def err(path: tuple[str, ...], message: str) -> MtbertError:
         return MtbertError(f"{source.where(path)}: {'.'.join(path)}: {message}")
 
@@ -686,30 +798,11 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
     size = recipe.model.size
     if size.hidden_size % size.num_heads:
         raise err(("model", "size", "num_heads"), f"{size.num_heads} does not divide hidden_size {size.hidden_size}")
-    positive = {("train", "batch_size"): recipe.train.batch_size, ("train", "grad_accum"): recipe.train.grad_accum,
-                ("train", "epochs"): recipe.train.epochs, ("eval", "batch_size"): recipe.eval.batch_size,
-                ("model", "max_length"): recipe.model.max_length, ("train", "log_every"): recipe.train.log_every}
-    for path, value in positive.items():
-        if value < 1:
-            raise err(path, f"must be at least 1, got {value}")
-    if recipe.train.checkpoint_every < 0:
-        raise err(("train", "checkpoint_every"), f"must be 0 (end only) or more, got {recipe.train.checkpoint_every}")
-    if recipe.train.keep_checkpoints < 1:
-        raise err(("train", "keep_checkpoints"), f"must be at least 1, got {recipe.train.keep_checkpoints}")
-    if recipe.speed.length_pool < 0:
-        raise err(("speed", "length_pool"), f"must be 0 (off) or a number of batches, got {recipe.speed.length_pool}")
-    if recipe.speed.eval_max_tokens is not None and recipe.speed.eval_max_tokens < 1:
-        raise err(("speed", "eval_max_tokens"), "must be at least 1, or null")
-    if recipe.train.max_steps is not None and recipe.train.max_steps < 1:
-        raise err(("train", "max_steps"), "must be at least 1")
-    if not 0 <= recipe.train.warmup_ratio < 1:
-        raise err(("train", "warmup_ratio"), "must be in [0, 1)")
-    if recipe.train.lr <= 0:
-        raise err(("train", "lr"), "must be positive")
+    if recipe.model.init == "random" and size.max_position_embeddings < recipe.model.max_length:
+        raise err(("model", "size", "max_position_embeddings"), f"{size.max_position_embeddings} positions cannot "
+                  f"hold inputs of model.max_length {recipe.model.max_length}")
     if len(recipe.train.betas) != 2:
         raise err(("train", "betas"), "expected two numbers")
-    if recipe.sampling.temperature <= 0:
-        raise err(("sampling", "temperature"), "must be positive")
     if recipe.model.init == "random" and not recipe.model.tokenizer:
         raise err(("model", "tokenizer"), "a randomly initialised encoder needs a tokenizer folder or name")
     try:
@@ -720,27 +813,14 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
     except SharingPlanError as e:
         raise err(("model", "sharing", *e.path), e.message) from None
     for name, task in recipe.tasks.items():
-        if task.batch_size is not None and task.batch_size < 1:
-            raise err(("tasks", name, "batch_size"), "must be at least 1")
-    _check_smart_and_stages(recipe, err)
+        low_high = task.label_range
+        if low_high is not None and (len(low_high) != 2 or low_high[0] >= low_high[1]):
+            raise err(("tasks", name, "label_range"), f"expected [low, high] with low < high, got {low_high}")
+    _check_contrastive_and_stages(recipe, err)
 
 
-def _check_smart_and_stages(recipe: Recipe, err) -> None:
-    """SMART's coefficients, the contrastive settings and the stages."""
-    settings = [(("smart",), recipe.smart)]
-    settings += [(("tasks", name, "smart"), task.smart) for name, task in recipe.tasks.items() if task.smart]
-    for path, smart in settings:
-        for key in ("adv_weight", "prox_weight", "epsilon", "sigma", "step_size"):
-            value = getattr(smart, key)
-            if value is not None and value < 0:
-                raise err((*path, key), f"must be 0 or more, got {value}")
-        if smart.steps is not None and smart.steps < 1:
-            raise err((*path, "steps"), f"must be at least 1, got {smart.steps}")
-    for key in ("beta", "beta_final", "beta_switch"):
-        if not 0 <= getattr(recipe.smart, key) <= 1:
-            raise err(("smart", key), f"must be in [0, 1], got {getattr(recipe.smart, key)}")
-    if not 0 <= recipe.contrastive.other_task_negatives <= 1:
-        raise err(("contrastive", "other_task_negatives"), "must be a probability, in [0, 1]")
+def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
+    """The contrastive settings and the stages."""
     if recipe.contrastive.negative_max >= recipe.contrastive.positive_min:
         raise err(("contrastive", "negative_max"), f"must be below positive_min ({recipe.contrastive.positive_min})")
     for i, stage in enumerate(recipe.stages):
@@ -754,14 +834,6 @@ def _check_smart_and_stages(recipe: Recipe, err) -> None:
             raise err((*path, "tasks"), "a stage needs at least one task (or null for all of them)")
         if stage.objective != "supervised" and stage.smart:
             raise err((*path, "smart"), f"SMART regularises supervised outputs; the {stage.objective} stage has none")
-        for key in ("epochs", "max_steps"):
-            value = getattr(stage, key)
-            if value is not None and value < 1:
-                raise err((*path, key), f"must be at least 1, got {value}")
-        if stage.lr is not None and stage.lr <= 0:
-            raise err((*path, "lr"), "must be positive")
-        if stage.warmup_ratio is not None and not 0 <= stage.warmup_ratio < 1:
-            raise err((*path, "warmup_ratio"), "must be in [0, 1)")
 
 
 def sharing_spec(sharing: str | SharingConfig) -> str | dict:

@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from mtbert import yamlfile
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
 from mtbert.files import write_bytes_atomically
@@ -99,13 +98,14 @@ def parse_grid(item: str) -> Axis:
 
 def load_plans(path: Path) -> Axis:
     """A YAML file of sharing plans: a list of short strings, or a mapping name -> plan (string or mapping)."""
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise MtbertError(f"--plans {path}: cannot read it ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise MtbertError(f"--plans {path}: not valid YAML: {getattr(e, 'problem', e)}") from None
+    try:  # strict UTF-8, no key twice, aliases bounded: as a recipe is read
+        data, _ = yamlfile.load_file(path, "plan file")
+    except MtbertError as e:
+        raise MtbertError(f"--plans {e}") from None
     if isinstance(data, list) and data and all(isinstance(p, str) for p in data):
+        repeated = next((p for i, p in enumerate(data) if p in data[:i]), None)
+        if repeated is not None:
+            raise MtbertError(f"--plans {path}: the plan {repeated!r} is listed twice")
         named = {p: p for p in data}
     elif isinstance(data, dict) and data and all(isinstance(p, (str, dict)) for p in data.values()):
         named = {str(name): plan for name, plan in data.items()}

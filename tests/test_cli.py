@@ -128,3 +128,32 @@ def test_make_data_refuses_a_foreign_folder(tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     result = invoke("make-data", "quickstart", "--out", tmp_path)
     assert result.exit_code == 2 and (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_every_integer_option_of_every_command_has_a_range():
+    import typer.main
+
+    group = typer.main.get_command(app)
+    checked = []
+    for name, command in group.commands.items():
+        for param in command.params:
+            if getattr(param, "type_descriptor", None) and param.type_descriptor.annotation in (int, float):
+                assert param.min is not None or param.max is not None, \
+                    f"mtbert {name} {param.opts[0]} takes any number; give it a range (typer.Option(min=...))"
+                checked.append(f"{name} {param.opts[0]}")
+    assert {"evaluate --batch-size", "bench --steps", "bench --warmup", "make-data --seed"} <= set(checked)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "ck", "--batch-size", "0"], "'--batch-size': Input should be greater than or equal to 1"),
+    (["bench", "r.yaml", "--warmup", "-1"], "'--warmup': Input should be greater than or equal to 0"),
+    (["make-data", "--seed", "-1"], "'--seed': Input should be greater than or equal to 0"),
+    (["make-data", "--seed", str(2**32)], "'--seed': Input should be less than or equal to 4294967295"),
+    (["submit", "ck", "--tasks", " , "], "'--tasks': no task name in ' , '"),
+    (["validate", "r.yaml", "--data-dir", ""], "'--data-dir': an empty folder name"),
+])
+def test_an_option_out_of_range_is_one_line_before_anything_runs(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args, prog_name="mtbert")
+    assert result.exit_code == 2 and result.output.startswith("error: Invalid value for " + message), result.output
+    assert len(result.output.strip().splitlines()) == 1 and not list(tmp_path.iterdir())

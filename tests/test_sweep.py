@@ -49,8 +49,33 @@ def test_plans_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("plans: 3\n")
     with pytest.raises(MtbertError, match="bad.yaml: expected a list of short plans"):
         load_plans(tmp_path / "bad.yaml")
-    with pytest.raises(MtbertError, match="cannot read it"):
+    with pytest.raises(MtbertError, match="^--plans .*absent.yaml: plan file not found"):
         load_plans(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("content,message", [
+    ("- shared\n- S1-I1\n- shared\n", "plans.yaml: the plan 'shared' is listed twice"),
+    ("a: shared\nb: frozen\na: S1-I1\n", r"plans.yaml:3: key 'a' appears twice in one mapping \(first on line 1\)"),
+    ("- shared\n- S1-I1 # caf\xe9\n".encode("latin-1"), "plans.yaml:2: not UTF-8 text: byte 0xe9 at offset 22"),
+    ("l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n"
+                                                     for i in range(1, 10)), "its aliases expand to more than"),
+    ("- [shared\n", "plans.yaml:2: not valid YAML"),
+])
+def test_a_bad_plans_file_is_one_line_naming_it(tmp_path, content, message):
+    import time
+
+    path = tmp_path / "plans.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    started = time.perf_counter()
+    with pytest.raises(MtbertError, match="^--plans .*" + message):
+        load_plans(path)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_a_plans_file_with_a_bom_and_anchors_loads(tmp_path):
+    path = tmp_path / "plans.yaml"
+    path.write_bytes(b"\xef\xbb\xbfbase: &frozen {layers: [{range: all, mode: frozen}]}\nsame: *frozen\n")
+    assert [name for name, _ in load_plans(path).values] == ["base", "same"]
 
 
 def fake_result(plan, overall, rss_mib, step_s, status="ok"):
