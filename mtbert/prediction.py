@@ -193,7 +193,5 @@ def read_input(path: Path | None) -> tuple[Iterable[str], str]:
         stream = getattr(sys.stdin, "buffer", None)
         text = decode_text(stream.read(), "<stdin>") if stream is not None else sys.stdin.read()
         return io.StringIO(text), "<stdin>"
-    if not path.exists():
-        raise MtbertError(f"{path}: input file not found")
     # io.StringIO splits lines at "\n" only, unlike str.splitlines (which also splits at U+2028 and others)
-    return io.StringIO(read_text(path)), str(path)
+    return io.StringIO(read_text(path, "input file")), str(path)

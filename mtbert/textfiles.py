@@ -9,22 +9,31 @@ Latin-1 file, a UTF-16 export or a gzip archive given as data is reported instea
 from __future__ import annotations
 
 import codecs
+import stat
 from pathlib import Path
 
 from mtbert.errors import MtbertError
 
 
-def read_text(path: str | Path) -> str:
-    """The file's text; a folder, an unreadable file or one that is not UTF-8 text is an MtbertError."""
+def read_text(path: str | Path, what: str = "file", max_bytes: int | None = None) -> str:
+    """The text of a file the user named as `what` (e.g. "recipe file"); one line naming the file when it is
+    missing, a folder, not a regular file, larger than `max_bytes`, unreadable or not UTF-8 text."""
     path = Path(path)
-    if path.is_dir():
-        raise MtbertError(f"{path}: is a folder, not a text file")
     try:
-        data = path.read_bytes()
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise MtbertError(f"{path}: the {what} is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise MtbertError(f"{path}: the {what} is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise MtbertError(f"{path}: the {what} holds {info.st_size:,} bytes, more than {max_bytes:,}: "
+                              f"is this the right file?")
+        with open(path, "rb") as file:
+            data = file.read() if max_bytes is None else file.read(max_bytes + 1)
     except FileNotFoundError:
-        raise MtbertError(f"{path}: file not found") from None
+        raise MtbertError(f"{path}: {what} not found") from None
     except OSError as e:
-        raise MtbertError(f"{path}: cannot be read: {e.strerror or type(e).__name__}") from None
+        raise MtbertError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
     return decode_text(data, str(path))
 
 
@@ -38,11 +47,11 @@ def decode_text(data: bytes, source: str) -> str:
         bad = start + e.start
     nul = data.find(b"\x00", start)  # NUL is never part of a multi-byte UTF-8 sequence: a byte search is exact
     if nul >= 0 and (bad is None or nul < bad):
-        raise MtbertError(f"{source}: not a text file: a NUL byte at offset {nul} (line {_line(data, nul)}); "
+        raise MtbertError(f"{source}:{_line(data, nul)}: not a text file: a NUL byte at offset {nul}; "
                           f"binary data, or UTF-16 text (save it as UTF-8)")
     if bad is not None:
-        raise MtbertError(f"{source}: not UTF-8 text: byte 0x{data[bad]:02x} at offset {bad} "
-                          f"(line {_line(data, bad)}); save the file as UTF-8")
+        raise MtbertError(f"{source}:{_line(data, bad)}: not UTF-8 text: byte 0x{data[bad]:02x} at offset {bad}; "
+                          f"save the file as UTF-8")
     return text
 
 

@@ -1,8 +1,8 @@
 """Reading the YAML a user writes (a recipe, a sweep's plan file, an override's value) so that no input can
 mislead the run or stall it.
 
-- The file is UTF-8 text (a byte-order mark allowed): anything else is refused at its first bad byte, by
-  offset and line, so a binary or Latin-1 file is one clear line instead of a decoding traceback.
+- The file is UTF-8 text (a byte-order mark allowed), read by mtbert/textfiles.py: anything else is refused
+  at its first bad byte, by offset and line, so a binary or Latin-1 file is one clear line, not a traceback.
 - A key given twice in one mapping is an error naming both lines. YAML keeps the last silently, so a task
   listed twice would train with only one of its two settings.
 - Aliases cannot expand without bound: the document may hold at most `MAX_VALUES` values once every alias
@@ -15,8 +15,6 @@ mislead the run or stall it.
 
 from __future__ import annotations
 
-import codecs
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ import yaml
 from yaml.reader import ReaderError
 
 from mtbert.errors import MtbertError
+from mtbert.textfiles import read_text
 
 MAX_VALUES = 100_000
 "Values (scalars, lists, mappings, keys) a document may hold with its aliases expanded; recipes hold hundreds."
@@ -38,40 +37,6 @@ class DuplicateKeyError(yaml.MarkedYAMLError):
 class LimitError(yaml.MarkedYAMLError):
     """The document goes past what can be read in bounded time and memory: aliases that expand beyond
     MAX_VALUES or into themselves, nesting deeper than the parser recurses, a number of thousands of digits."""
-
-
-def read_text(path: str | Path, what: str) -> str:
-    """The text of a file the user named as `what` (e.g. "recipe file"); one line naming the file when it is
-    missing, a folder, not a regular file, too large, unreadable or not UTF-8."""
-    path = Path(path)
-    try:
-        info = path.stat()
-        if stat.S_ISDIR(info.st_mode):
-            raise MtbertError(f"{path}: the {what} is a folder, not a file")
-        if not stat.S_ISREG(info.st_mode):
-            raise MtbertError(f"{path}: the {what} is not a regular file")
-        if info.st_size > MAX_BYTES:
-            raise MtbertError(f"{path}: the {what} holds {info.st_size:,} bytes, more than {MAX_BYTES:,}: "
-                              f"is this the right file?")
-        with open(path, "rb") as file:
-            data = file.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise MtbertError(f"{path}: {what} not found") from None
-    except OSError as e:
-        raise MtbertError(f"{path}: cannot read the {what} ({e.strerror or e})") from None
-    return decode(data, path)
-
-
-def decode(data: bytes, name: str | Path) -> str:
-    """Strict UTF-8, a leading byte-order mark dropped; else one line with the offset of the first bad byte."""
-    start = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = start + e.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise MtbertError(f"{name}:{line}: not UTF-8 text: byte 0x{data[offset]:02x} at offset {offset} "
-                          f"({e.reason}); save the file as UTF-8") from None
 
 
 class StrictLoader(yaml.SafeLoader):
@@ -162,7 +127,7 @@ def error_message(error: yaml.YAMLError, name: str | Path, text: str = "") -> st
 
 def load_file(path: str | Path, what: str) -> tuple[Any, yaml.Node | None]:
     """Read, decode and parse a YAML file; any problem is an MtbertError of one line naming the file."""
-    text = read_text(path, what)
+    text = read_text(path, what, max_bytes=MAX_BYTES)
     try:
         return parse(text)
     except yaml.YAMLError as e:

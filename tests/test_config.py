@@ -292,7 +292,7 @@ def test_a_recipe_path_that_cannot_be_read(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied")
 
     path = write(tmp_path / "readable") if (tmp_path / "readable").mkdir() is None else None
-    monkeypatch.setattr("mtbert.yamlfile.open", refuse, raising=False)
+    monkeypatch.setattr("mtbert.textfiles.open", refuse, raising=False)
     with pytest.raises(MtbertError, match=r"r.yaml: cannot read the recipe file \(Permission denied\)"):
         load_recipe(path)
 

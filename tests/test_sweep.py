@@ -56,7 +56,7 @@ def test_plans_file(tmp_path):
 @pytest.mark.parametrize("content,message", [
     ("- shared\n- S1-I1\n- shared\n", "plans.yaml: the plan 'shared' is listed twice"),
     ("a: shared\nb: frozen\na: S1-I1\n", r"plans.yaml:3: key 'a' appears twice in one mapping \(first on line 1\)"),
-    ("- shared\n- S1-I1 # caf\xe9\n".encode("latin-1"), "plans.yaml:2: not UTF-8 text: byte 0xe9 at offset 22"),
+    ("- shared\n- S1-I1 # caf\xe9\n".encode("latin-1"), r"plans.yaml:2: not UTF-8 text: byte 0xe9 at offset 22"),
     ("l0: &l0 [x, x, x, x, x, x, x, x, x]\n" + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n"
                                                      for i in range(1, 10)), "its aliases expand to more than"),
     ("- [shared\n", "plans.yaml:2: not valid YAML"),

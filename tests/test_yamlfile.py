@@ -13,15 +13,6 @@ LAUGHS = "l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
     f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
 
 
-def test_decode_accepts_utf8_and_a_bom_and_names_the_first_bad_byte():
-    assert yamlfile.decode("café: 1\n".encode(), "f") == "café: 1\n"
-    assert yamlfile.decode(b"\xef\xbb\xbfa: 1\n", "f") == "a: 1\n"
-    with pytest.raises(MtbertError, match=r"^f.yaml:2: not UTF-8 text: byte 0xe9 at offset 11 "):
-        yamlfile.decode(b"a: 1\nb: caf\xe9\n", "f.yaml")
-    with pytest.raises(MtbertError, match=r"byte 0xff at offset 4 "):  # the offset counts the BOM's bytes
-        yamlfile.decode(b"\xef\xbb\xbfa\xff", "f.yaml")
-
-
 def test_a_duplicate_key_names_both_lines_but_merge_keys_may_be_overridden():
     with pytest.raises(yamlfile.DuplicateKeyError) as error:
         yamlfile.parse("a: 1\nb:\n  c: 2\n  d: 3\n  c: 4\n")
@@ -71,7 +62,7 @@ def test_load_file_puts_every_problem_on_one_line_naming_the_file(tmp_path):
             yamlfile.load_file(path, "recipe file")
         message = str(error.value)
         assert message.startswith(f"{path}:") and "\n" not in message, message
-    with pytest.raises(MtbertError, match=r"nul.yaml:2: not valid YAML: character #x0000"):
+    with pytest.raises(MtbertError, match=r"nul.yaml:2: not a text file: a NUL byte at offset 9"):
         yamlfile.load_file(tmp_path / "nul.yaml", "recipe file")
 
 
@@ -89,7 +80,7 @@ def test_read_text_refuses_what_is_not_a_readable_text_file(tmp_path, monkeypatc
     (tmp_path / "big.yaml").write_text("a: 1\n" * 10)
     monkeypatch.setattr(yamlfile, "MAX_BYTES", 20)
     with pytest.raises(MtbertError, match=r"big.yaml: the recipe file holds 50 bytes, more than 20"):
-        yamlfile.read_text(tmp_path / "big.yaml", "recipe file")
+        yamlfile.load_file(tmp_path / "big.yaml", "recipe file")
 
 
 def test_what_parse_returns_for_an_empty_document():

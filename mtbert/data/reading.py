@@ -81,9 +81,7 @@ def read_split(task: Task, split: str, data_dir: str | Path) -> SplitData:
 
 def _rows(task: Task, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; the line is where the row starts in the file."""
-    if path.exists() and not path.is_file() and not path.is_dir():
-        raise MtbertError(f"{path}: not a regular file (a pipe or a device?); give a data file")
-    text = read_text(path)  # utf-8 only; MRPC's byte-order mark is dropped
+    text = read_text(path, "data file")  # utf-8 only; MRPC's byte-order mark is dropped
     if task.format == "jsonl":
         return _json_rows(task, path, text)
     return _table_rows(task, path, text)

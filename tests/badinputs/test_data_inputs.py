@@ -97,7 +97,7 @@ CASES = {
                                             ["ids-sst-dev.csv:4"]),
     # Not UTF-8 text.
     "latin1_file": Case("mood", "mood/train.tsv", tsv(replaced(mood_rows(), 3, "un film café\tpos")).encode("latin-1"),
-                        ["train.tsv", "offset 45", "line 3"]),
+                        ["train.tsv:3", "offset 45"]),
     "utf16_file": Case("mood", "mood/dev.tsv", tsv(mood_rows()).encode("utf-16"), ["dev.tsv", "offset 0"]),
     "utf16_without_bom": Case("mood", "mood/train.tsv", tsv(mood_rows()).encode("utf-16-le"),
                               ["train.tsv", "offset 1", "NUL"]),
@@ -229,8 +229,7 @@ def test_bad_split_against_a_model(name, ckpt, tmp_path):
 
 
 INPUT_CASES = {
-    "input_latin1": ("sentences.txt", "the film\nun café\n".encode("latin-1"), ["sentences.txt", "offset 15",
-                                                                              "line 2"]),
+    "input_latin1": ("sentences.txt", "the film\nun café\n".encode("latin-1"), ["sentences.txt:2", "offset 15"]),
     "input_png": ("photo.png", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", ["photo.png", "offset 0"]),
     "input_is_a_folder": ("inputs", "<folder>", ["inputs", "folder"]),
     "input_only_blank_lines": ("blank.txt", "\n  \n\n", ["blank.txt", "no sentences"]),
