@@ -1,6 +1,7 @@
 """The harness itself must be able to fail: a traceback, a success and a changed file are each caught."""
 
 import pytest
+
 from badinput import fails_cleanly
 
 
