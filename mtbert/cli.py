@@ -92,14 +92,20 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
           data_dir: DataDir = None,
           output_dir: Annotated[Optional[str], typer.Option(help="Overrides the recipe's output_dir.")] = None,
           resume: Annotated[Optional[str], typer.Option(
-              help="Continue from a checkpoint: `latest` (the newest in <output_dir>/checkpoints), `auto` (the "
-                   "same, or start afresh if there is none) or a checkpoint folder.")] = None):
+              help="Continue from a checkpoint: `latest` (the newest in <output_dir>/checkpoints that verifies), "
+                   "`auto` (the same, or start afresh if there is none) or a checkpoint folder.")] = None,
+          overwrite: Annotated[bool, typer.Option(
+              "--overwrite", help="Train into an output_dir that holds files mtbert train did not write, "
+                                  "replacing those of the names a run writes (recipe.yaml, metrics.json, ...). "
+                                  "Without it such a folder is refused; a new, empty or earlier run's folder "
+                                  "needs no flag.")] = False):
     """Train the recipe's tasks together and export the best model.
 
     Example: mtbert train recipes/rrobin.yaml train.lr=3e-5 --data-dir ../shared/data
     (or: accelerate launch -m mtbert train recipes/rrobin_full.yaml)
     Example: mtbert train recipes/rrobin.yaml --resume latest   (after a crash or SIGTERM: same recipe)
     Example: mtbert train recipes/triplet_pre.yaml stages.0.max_steps=100 smart.enabled=true   (a list item by index)
+    Example: mtbert train recipes/quickstart.yaml output_dir=results/ --overwrite   (results/ holds other files)
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
@@ -108,7 +114,7 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     try:
-        run_training(load_recipe(recipe, extra, data_dir=data_dir), resume=resume)
+        run_training(load_recipe(recipe, extra, data_dir=data_dir), resume=resume, overwrite=overwrite)
     except TrainingInterrupted as stopped:
         typer.echo(str(stopped), err=True)
         raise typer.Exit(stopped.exit_code) from None
