@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def trained(tmp_path_factory, tokenizer_dir):
     recipe = write_recipe(tmp, tokenizer_dir, tasks=TASKS,
                           train={"max_steps": 2, "checkpoint_every": 1, "keep_checkpoints": 5, "log_every": 1})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MTBERT_CACHE", str(tmp / "cache"))
+        # The cache every test of the session uses (conftest.py): cases then read their data without
+        # tokenising it again, and print nothing but their error.
+        patch.setenv("MTBERT_CACHE", str(tmp_path_factory.getbasetemp() / "mtbert-cache"))
         patch.delenv(faults.ENV, raising=False)
         train(load_recipe(recipe))
     return recipe, tmp / "ckpt"
@@ -187,12 +190,12 @@ def flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def fails_cleanly_in_training(args, *, names, watch) -> str:
-    """A run that fails once training has begun has printed its setup (parameter counts, progress bars)
-    before the error: that chatter may take any number of lines, the error itself one line, last."""
+def fails_cleanly_after_work(args, *, names, watch) -> str:
+    """A command that fails after it has begun its work (training, scoring) has printed that work (parameter
+    counts, progress bars, a scores table) first, in any number of lines; its error is still one line."""
     message = fails_cleanly(args, names=names, watch=watch, max_lines=60)
-    errors = [line for line in message.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message.splitlines()[-1] == errors[0], message
+    errors = re.findall(r"error: (.*)", message)
+    assert len(errors) == 1, message
     for name in names:
         assert str(name) in errors[0], errors[0]
     return message
@@ -263,8 +266,8 @@ def test_training_into_a_file(recipe, tmp_path):
 
 def test_a_fresh_run_that_fails_early_leaves_the_earlier_run_in_its_folder(recipe, run, monkeypatch):
     monkeypatch.setenv(faults.ENV, "nan_loss_at_step:1")
-    fails_cleanly_in_training(["train", recipe, f"output_dir={run}", "train.log_every=1"], names=["non-finite"],
-                              watch=[run])
+    fails_cleanly_after_work(["train", recipe, f"output_dir={run}", "train.log_every=1"], names=["non-finite"],
+                             watch=[run])
 
 
 def test_evaluate_output_that_is_a_folder(run, tmp_path):
@@ -333,14 +336,17 @@ def test_a_full_disk_while_exporting_over_a_previous_export(run, tmp_path, monke
     hf = tmp_path / "hf"
     assert CliRunner().invoke(app, ["export", str(run), "--task", "sst", "--to", str(hf)]).exit_code == 0
     fail_replacing_under(monkeypatch, tmp_path)
-    fails_cleanly(["export", run, "--task", "quora", "--to", hf], names=[str(hf)], watch=[tmp_path])
+    message = fails_cleanly(["export", run, "--task", "quora", "--to", hf], names=[str(hf)], watch=[tmp_path])
+    assert "previous export is as it was" in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf", "run"]  # no staging folder left behind
 
 
 def test_a_full_disk_while_writing_scores_over_a_previous_file(run, tmp_path, monkeypatch):
     scores = tmp_path / "dev.json"
     scores.write_text('{"previous": 1}\n')
     fail_replacing_under(monkeypatch, tmp_path)
-    fails_cleanly(["evaluate", run, "--output", scores], names=[str(scores)], watch=[tmp_path])
+    fails_cleanly_after_work(["evaluate", run, "--output", scores], names=[str(scores)], watch=[tmp_path])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev.json", "run"]  # no temporary file left behind
 
 
 def test_a_full_disk_while_saving_a_checkpoint(recipe, run, monkeypatch):
@@ -348,16 +354,17 @@ def test_a_full_disk_while_saving_a_checkpoint(recipe, run, monkeypatch):
     shutil.rmtree(run / "checkpoints" / "step-2")
     (run / "checkpoints" / "latest").write_text("step-1\n")
     fail_replacing_under(monkeypatch, run / "checkpoints")
-    fails_cleanly_in_training(resume(recipe, run, "latest"), names=["checkpoints"],
-                              watch=[run / "checkpoints" / "step-1", run / "checkpoints" / "latest"])
+    fails_cleanly_after_work(resume(recipe, run, "latest"), names=["checkpoints"],
+                             watch=[run / "checkpoints" / "step-1", run / "checkpoints" / "latest"])
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step-1"]  # nothing staged left
 
 
 def test_a_full_disk_while_exporting_during_training(recipe, run, monkeypatch):
     shutil.rmtree(run / "checkpoints" / "step-2")
     (run / "checkpoints" / "latest").write_text("step-1\n")
     fail_replacing_under(monkeypatch, run / WEIGHTS)
-    fails_cleanly_in_training(resume(recipe, run, "latest"), names=[WEIGHTS],
-                              watch=[run / WEIGHTS, run / "checkpoints"])
+    fails_cleanly_after_work(resume(recipe, run, "latest"), names=[WEIGHTS],
+                             watch=[run / WEIGHTS, run / "checkpoints"])
 
 
 def test_training_into_a_folder_under_a_file(recipe, tmp_path):

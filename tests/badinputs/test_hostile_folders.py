@@ -36,7 +36,9 @@ def trained(tmp_path_factory, tokenizer_dir):
     tmp = tmp_path_factory.mktemp("hostile")
     recipe = write_recipe(tmp, tokenizer_dir, tasks={"sst": {}}, train={"max_steps": 2})
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MTBERT_CACHE", str(tmp / "cache"))
+        # The cache every test of the session uses (conftest.py): cases then read their data without
+        # tokenising it again, and print nothing but their error.
+        patch.setenv("MTBERT_CACHE", str(tmp_path_factory.getbasetemp() / "mtbert-cache"))
         patch.delenv(faults.ENV, raising=False)
         train(load_recipe(recipe))
     return recipe, tmp / "ckpt"
