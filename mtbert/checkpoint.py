@@ -20,11 +20,12 @@ from typing import Any
 import torch
 import yaml
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from mtbert.config import Recipe, parse_recipe
 from mtbert.errors import MtbertError
-from mtbert.files import write_atomically, write_text_atomically
+from mtbert.files import WriteError, cannot_write, make_folder, write_tensors_atomically, write_text_atomically
+from mtbert.folders import looks_local, refuse_custom_code, require_folder, unreadable
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
 from mtbert.model.sharing import upgrade_unbranched_state_dict
@@ -76,7 +77,7 @@ def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool =
     needs full unpickling is refused unless allow_pickle (the user trusts the file: it can run code).
     """
     folder = Path(name_or_path)
-    if folder.exists():
+    if looks_local(folder):
         config_path, weights_path = _local_files(folder)
     else:
         config_path, weights_path = _hub_files(str(name_or_path))
@@ -88,8 +89,12 @@ def load_encoder(name_or_path: str | os.PathLike[str], add_pooling_layer: bool =
 
 
 def _local_files(folder: Path) -> tuple[Path, Path]:
-    if not folder.is_dir():
-        raise MtbertError(f"{folder}: expected a model folder holding {CONFIG_FILE}, got a file")
+    require_folder(folder, "model folder")
+    refuse_custom_code(folder)
+    for path in (folder / CONFIG_FILE, folder / SAFETENSORS_FILE, folder / PICKLE_FILE):
+        problem = unreadable(path)
+        if problem:
+            raise MtbertError(f"{path}: is {problem}")
     config_path = folder / CONFIG_FILE
     if not config_path.is_file():
         raise MtbertError(f"{folder}: model folder has no {CONFIG_FILE}")
@@ -136,6 +141,8 @@ def _read_config(path: Path) -> BertConfig:
         raise MtbertError(f"{path}: cannot read model config: {error}") from error
     if not isinstance(raw, dict):
         raise MtbertError(f"{path}: model config must be a JSON object")
+    if raw.get("auto_map"):  # also for hub downloads: the config, not the folder, asks for the code
+        raise MtbertError(f"{path}: asks for custom code (auto_map); mtbert never runs code from a model folder")
     try:
         return BertConfig.from_dict(raw)
     except ValueError as error:
@@ -228,18 +235,11 @@ def _describe_key_problems(missing: list[str], unexpected: list[str]) -> str:
 def save_encoder(model: BertModel, folder: str | os.PathLike[str]) -> None:
     """Write config.json and model.safetensors that both load_encoder and transformers can read."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
     # Weights first, so a freshly written folder never has a config.json without its weights.
-    write_atomically(
-        folder / SAFETENSORS_FILE,
-        lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-    )
-    config_text = json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n"
-    write_atomically(
-        folder / CONFIG_FILE,
-        lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8"),
-    )
+    write_tensors_atomically(folder / SAFETENSORS_FILE, tensors, metadata={"format": "pt"})
+    write_text_atomically(folder / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2, sort_keys=True) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,35 +267,56 @@ def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str
                  metrics: dict, state_dict: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write the model, its tokenizer, the resolved recipe and its dev metrics into `folder`.
 
-    state_dict: the weights to write, when `model` does not hold them all (DeepSpeed ZeRO-3 gathers them)."""
+    state_dict: the weights to write, when `model` does not hold them all (DeepSpeed ZeRO-3 gathers them).
+    A write that fails is an MtbertError naming the file; the files it did not reach are the previous ones."""
     from mtbert import __version__
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
+    _remove_interrupted_tokenizer_saves(folder)
     config_json = json.dumps(model.config.to_dict(), indent=2)
     metrics_json = json.dumps(metrics, indent=2)
     weights = model.state_dict() if state_dict is None else state_dict
     tensors = {key: value.detach().cpu().contiguous() for key, value in weights.items()}
     metadata = {"format": "pt", "mtbert_version": __version__, "mtbert_config": config_json,
                 "recipe": recipe, "metrics": metrics_json}
-    with tempfile.TemporaryDirectory(dir=folder, prefix=".tokenizer-") as staging:
-        tokenizer.save_pretrained(staging)
-        for name in os.listdir(staging):
-            os.replace(os.path.join(staging, name), folder / name)
-    write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    try:
+        with tempfile.TemporaryDirectory(dir=folder, prefix=_TOKENIZER_STAGING) as staging:
+            tokenizer.save_pretrained(staging)
+            for name in os.listdir(staging):
+                os.replace(os.path.join(staging, name), folder / name)
+    except OSError as error:
+        raise cannot_write(folder / "tokenizer.json", error) from None
+    write_tensors_atomically(folder / SAFETENSORS_FILE, tensors, metadata=metadata)
     write_text_atomically(folder / MODEL_CONFIG_FILE, config_json + "\n")
     write_text_atomically(folder / RECIPE_FILE, recipe)
     write_text_atomically(folder / METRICS_FILE, metrics_json + "\n")
 
 
+_TOKENIZER_STAGING = ".tokenizer-"
+
+
+def _remove_interrupted_tokenizer_saves(folder: Path) -> None:
+    """The staging folders an export killed half-way left behind."""
+    for leftover in folder.glob(f"{_TOKENIZER_STAGING}*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
 def load_model(folder: str | os.PathLike[str], data_dir: str | None = None) -> LoadedModel:
-    """Rebuild an exported model. data_dir overrides the stored recipe's (then MTBERT_DATA_DIR does)."""
-    from mtbert.data.loading import load_tokenizer
+    """Rebuild an exported model. data_dir overrides the stored recipe's (then MTBERT_DATA_DIR does).
+
+    Everything is checked before it is used: a damaged file, a stored configuration or recipe that does not
+    parse or does not fit the weights, a tokenizer that does not fit the model is an MtbertError naming the
+    file; the folder's code (if any) never runs."""
+    from mtbert.data.loading import check_tokenizer_fits, load_tokenizer
 
     folder = Path(folder)
-    if not folder.is_dir():
-        raise MtbertError(f"{folder}: checkpoint folder not found")
+    require_folder(folder, "checkpoint folder")
     weights = folder / SAFETENSORS_FILE
+    problem = unreadable(weights)
+    if problem:
+        raise MtbertError(f"{weights}: is {problem}")
     if not weights.is_file():
         raise MtbertError(f"{folder}: not a trained mtbert model: {SAFETENSORS_FILE} is missing "
                           f"(mtbert train writes it when it first evaluates)")
@@ -308,25 +329,88 @@ def load_model(folder: str | os.PathLike[str], data_dir: str | None = None) -> L
     if "mtbert_config" not in metadata:
         raise MtbertError(f"{weights}: not written by mtbert train (no model configuration in its metadata); "
                           f"to load a Hugging Face encoder, use mtbert.BertModel.from_pretrained")
-    stored_config = json.loads(metadata["mtbert_config"])
-    config = MultiTaskConfig.from_dict(stored_config)
-    model = MultiTaskModel(config)
+    stored_config = _stored_json(weights, metadata, "mtbert_config", "model configuration")
+    config = _stored_model_config(weights, stored_config)
+    try:
+        model = MultiTaskModel(config)
+    except (KeyError, TypeError, ValueError) as error:
+        raise MtbertError(f"{weights}: the stored model configuration cannot be built ({_first_line(error)})") from None
     if isinstance(stored_config.get("sharing", "shared"), str):  # saved before sharing plans: one plain encoder
         tensors = upgrade_unbranched_state_dict(tensors, config.sharing)
-    missing, unexpected = model.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise MtbertError(f"{weights}: weights do not match the stored configuration: "
-                          f"{_describe_key_problems(list(missing), list(unexpected))}")
+    _check_weights_fit(model, tensors, weights)
+    model.load_state_dict(tensors)
     model.eval()
-    raw_recipe = yaml.safe_load(metadata.get("recipe", "")) or {}
-    env_dir = os.environ.get("MTBERT_DATA_DIR")
-    if data_dir or env_dir:
-        raw_recipe["data_dir"] = data_dir or env_dir
-    recipe = parse_recipe(raw_recipe)
+    recipe = _stored_recipe(weights, metadata, data_dir)
+    metrics = _stored_json(weights, metadata, "metrics", "dev metrics") if "metrics" in metadata else {}
     if not any((folder / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
         raise MtbertError(f"{folder}: the tokenizer files are missing (tokenizer.json / vocab.txt)")
     tokenizer = load_tokenizer(str(folder))
-    return LoadedModel(model, tokenizer, recipe, resolve_tasks(recipe), json.loads(metadata.get("metrics", "{}")))
+    check_tokenizer_fits(tokenizer, config.encoder.vocab_size, str(folder))
+    try:
+        tasks = resolve_tasks(recipe)
+    except MtbertError as error:
+        raise MtbertError(f"{weights}: the stored recipe: {error}") from None
+    return LoadedModel(model, tokenizer, recipe, tasks, metrics)
+
+
+# What decides the shapes of an encoder's weights: a stored configuration must give each (a default would
+# build a model of another size and fail later, naming a tensor instead of the missing key).
+_ENCODER_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size")
+
+
+def _stored_json(weights: Path, metadata: dict, key: str, what: str) -> Any:
+    try:
+        return json.loads(metadata[key])
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise MtbertError(f"{weights}: the stored {what} (metadata {key!r}) does not parse as JSON ({error})") from None
+
+
+def _stored_model_config(weights: Path, stored: Any) -> MultiTaskConfig:
+    """The stored MultiTaskConfig, every problem named: a missing section or key, a wrong type, sizes that do
+    not fit together."""
+    where = f"{weights}: the stored model configuration"
+    if not isinstance(stored, dict) or not isinstance(stored.get("encoder"), dict) \
+            or not isinstance(stored.get("tasks"), dict):
+        raise MtbertError(f"{where} needs an 'encoder' and a 'tasks' mapping")
+    missing = [key for key in _ENCODER_SHAPE_KEYS if key not in stored["encoder"]]
+    if missing:
+        raise MtbertError(f"{where} lacks encoder.{', encoder.'.join(missing)}")
+    try:
+        BertConfig.from_dict(stored["encoder"])  # types and sizes (hidden_size divisible by num_attention_heads)
+        return MultiTaskConfig.from_dict(stored)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise MtbertError(f"{where} is damaged: {_first_line(error)}") from None
+
+
+def _check_weights_fit(model: MultiTaskModel, tensors: dict[str, torch.Tensor], weights: Path) -> None:
+    expected = model.state_dict()
+    missing = sorted(expected.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - expected.keys())
+    if missing or unexpected:
+        raise MtbertError(f"{weights}: weights do not match the stored configuration: "
+                          f"{_describe_key_problems(missing, unexpected)}")
+    for key, tensor in tensors.items():
+        if tensor.shape != expected[key].shape:
+            raise MtbertError(f"{weights}: {key} has shape {tuple(tensor.shape)}, but the stored configuration "
+                              f"makes it {tuple(expected[key].shape)}")
+
+
+def _stored_recipe(weights: Path, metadata: dict, data_dir: str | None) -> Recipe:
+    try:
+        raw_recipe = yaml.safe_load(metadata.get("recipe", "")) or {}
+    except yaml.YAMLError as error:
+        raise MtbertError(f"{weights}: the stored recipe (metadata 'recipe') is not YAML: "
+                          f"{_first_line(error)}") from None
+    if not isinstance(raw_recipe, dict):
+        raise MtbertError(f"{weights}: the stored recipe (metadata 'recipe') is not a mapping of recipe keys")
+    env_dir = os.environ.get("MTBERT_DATA_DIR")
+    if data_dir or env_dir:
+        raw_recipe["data_dir"] = data_dir or env_dir
+    try:
+        return parse_recipe(raw_recipe)
+    except MtbertError as error:
+        raise MtbertError(f"{weights}: the stored recipe: {error}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,22 +448,38 @@ def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str
 
     def write(folder: Path) -> None:
         if with_head:
-            write_atomically(folder / SAFETENSORS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+            write_tensors_atomically(folder / SAFETENSORS_FILE, tensors, metadata={"format": "pt"})
             write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         else:
             save_encoder(encoder, folder)
         loaded.tokenizer.save_pretrained(str(folder))
         write_text_atomically(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
 
-    _write_folder_atomically(target, write)
+    previous = target.is_dir() and (target / EXPORT_MARKER).is_file()
+    try:
+        _write_folder_atomically(target, write)
+    except (OSError, WriteError) as error:  # named as the export, not as the staging folder beside it
+        reason = cannot_write(target, error).reason
+        raise MtbertError(f"{target}: cannot write the export ({reason}); "
+                          + ("the previous export is as it was" if previous else "nothing was written")) from None
     if push_to_hub:
         _push_to_hub(target, push_to_hub)
     return target
 
 
 def _check_export_target(target: Path) -> None:
+    """A new or empty folder, or a previous export (which holds EXPORT_MARKER); else one line saying why not."""
+    problem = unreadable(target)
+    if problem:
+        raise MtbertError(f"{target}: is {problem}")
     if target.exists() and not target.is_dir():
         raise MtbertError(f"{target}: exists and is not a folder")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise MtbertError(f"{target}: {parent} is not a folder")
+            break
+    _recover_interrupted_export(target)
     if target.is_dir() and any(target.iterdir()) and not (target / EXPORT_MARKER).is_file():
         raise MtbertError(f"{target}: folder is not empty and was not written by mtbert export; "
                           f"choose a new or empty folder")
@@ -419,6 +519,28 @@ def _sequence_classification(model: MultiTaskModel, task: str, encoder: BertMode
     tensors["classifier.weight"] = weight.contiguous()
     tensors["classifier.bias"] = bias.contiguous()
     return config, tensors
+
+
+def _staging_folders(target: Path) -> list[Path]:
+    """Folders _write_folder_atomically makes beside `target` (mkdtemp's 8 random characters)."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.[a-z0-9_]{{8}}\.(tmp|old)$")
+    if not target.parent.is_dir():
+        return []
+    return sorted(p for p in target.parent.iterdir()
+                  if pattern.match(p.name) and p.is_dir() and not p.is_symlink())
+
+
+def _recover_interrupted_export(target: Path) -> None:
+    """Undo what an export killed half-way left: its staging folder goes; a previous export it had moved
+    aside (`.old`) and not yet replaced is put back where it was."""
+    for leftover in _staging_folders(target):
+        absent = not target.exists() or (target.is_dir() and not any(target.iterdir()))
+        if leftover.name.endswith(".old") and absent and (leftover / EXPORT_MARKER).is_file():
+            if target.is_dir():
+                target.rmdir()
+            os.replace(leftover, target)
+        else:
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _write_folder_atomically(target: Path, write: Callable[[Path], object]) -> None:

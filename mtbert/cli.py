@@ -91,6 +91,11 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
+def _wrote(existed: bool) -> str:
+    """How a command reports a file it wrote: a file it replaced is said to be replaced."""
+    return "replaced" if existed else "wrote"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"mtbert {__version__}")
@@ -110,14 +115,20 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
           data_dir: DataDir = None,
           output_dir: Annotated[Optional[str], typer.Option(help="Overrides the recipe's output_dir.")] = None,
           resume: Annotated[Optional[str], typer.Option(
-              help="Continue from a checkpoint: `latest` (the newest in <output_dir>/checkpoints), `auto` (the "
-                   "same, or start afresh if there is none) or a checkpoint folder.")] = None):
+              help="Continue from a checkpoint: `latest` (the newest in <output_dir>/checkpoints that verifies), "
+                   "`auto` (the same, or start afresh if there is none) or a checkpoint folder.")] = None,
+          overwrite: Annotated[bool, typer.Option(
+              "--overwrite", help="Train into an output_dir that holds files mtbert train did not write, "
+                                  "replacing those of the names a run writes (recipe.yaml, metrics.json, ...). "
+                                  "Without it such a folder is refused; a new, empty or earlier run's folder "
+                                  "needs no flag.")] = False):
     """Train the recipe's tasks together and export the best model.
 
     Example: mtbert train recipes/rrobin.yaml train.lr=3e-5 --data-dir ../shared/data
     (or: accelerate launch -m mtbert train recipes/rrobin_full.yaml)
     Example: mtbert train recipes/rrobin.yaml --resume latest   (after a crash or SIGTERM: same recipe)
     Example: mtbert train recipes/triplet_pre.yaml stages.0.max_steps=100 smart.enabled=true   (a list item by index)
+    Example: mtbert train recipes/quickstart.yaml output_dir=results/ --overwrite   (results/ holds other files)
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
@@ -126,7 +137,7 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     try:
-        run_training(load_recipe(recipe, extra, data_dir=data_dir), resume=resume)
+        run_training(load_recipe(recipe, extra, data_dir=data_dir), resume=resume, overwrite=overwrite)
     except TrainingInterrupted as stopped:
         typer.echo(str(stopped), err=True)
         raise typer.Exit(stopped.exit_code) from None
@@ -138,7 +149,9 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
              split: Annotated[str, typer.Option(help="dev, train or test (test needs labels).")] = "dev",
              tasks: TaskNames = None,
              data_dir: DataDir = None,
-             output: Annotated[Optional[Path], typer.Option(help="JSON file for {task: {metric: value}}.")] = None,
+             output: Annotated[Optional[Path], typer.Option(help="JSON file for {task: {metric: value}} (a file "
+                                                                 "name, not a folder); default "
+                                                                 "CKPT/eval-<split>.json.")] = None,
              batch_size: BatchSize = 128,
              plots: Annotated[bool, typer.Option("--plots", help="Also write the report's figures and report.md "
                                                                  "(see mtbert report) into CKPT/report-<split>.")]
@@ -148,9 +161,11 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
     from mtbert.evaluation import evaluate_checkpoint, format_table
-    from mtbert.files import write_text_atomically
+    from mtbert.files import check_output_file, write_text_atomically
     from mtbert.report import write_report
 
+    if output is not None:
+        check_output_file(output, "--output")  # before the work, not after it
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     if plots:
         report = write_report(ckpt, split, names, data_dir, batch_size)
@@ -159,10 +174,12 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
         results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
     typer.echo(format_table(results))
     if plots:
-        typer.echo(f"wrote {len(report.files)} report files to {report.folder}")
+        typer.echo(f"wrote {len(report.files)} report files to {report.folder}"
+                   + (f" (replacing {len(report.replaced)} of an earlier report)" if report.replaced else ""))
     target = output or Path(ckpt) / f"eval-{split}.json"
+    existed = target.exists()
     write_text_atomically(target, json.dumps(results, indent=2) + "\n")
-    typer.echo(f"wrote {target}")
+    typer.echo(f"{_wrote(existed)} {target}")
 
 
 @app.command()
@@ -171,8 +188,9 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             ckpt: Annotated[Path, typer.Option(help="Folder written by mtbert train.")] = Path("ckpt"),
             input: Annotated[Optional[Path], typer.Option(help="One sentence per line, or two separated by a "
                                                                "tab for pair tasks; default stdin.")] = None,
-            output: Annotated[Optional[Path], typer.Option(help="Output file; default stdout (with --split: "
-                                                                "the submission file name).")] = None,
+            output: Annotated[Optional[Path], typer.Option(help="Output file; default stdout. With --split: the "
+                                                                "folder for the submission file (created if "
+                                                                "missing); default the current folder.")] = None,
             format: Annotated[str, typer.Option(help="tsv or jsonl.")] = "tsv",
             split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
                                                               "instead (e.g. test): writes id + prediction.")] = None,
@@ -187,23 +205,30 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
     every task's at once.
     """
-    from mtbert.files import write_text_atomically
+    from mtbert.files import check_output_file, check_output_folder, make_folder, write_text_atomically
     from mtbert.prediction import predict_lines, predict_split, read_input
 
     if format not in ("tsv", "jsonl"):
         raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
     if split:
-        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=_say)
-        typer.echo(f"wrote {path}", err=True)
+        folder = output or Path(".")
+        check_output_folder(folder, "--output")
+        make_folder(folder)
+        before = set(folder.iterdir())
+        path = predict_split(ckpt, task, split, folder, data_dir, batch_size, report=_say)
+        typer.echo(f"{_wrote(path in before)} {path}", err=True)
         return
+    if output is not None:
+        check_output_file(output, "--output")
     lines, source = read_input(input)
     if output is None:
         predict_lines(ckpt, task, lines, source, sys.stdout, format, batch_size)
         return
     buffer = io.StringIO()  # written in one go, so a failure half-way leaves no partial file
     count = predict_lines(ckpt, task, lines, source, buffer, format, batch_size)
+    existed = output.exists()
     write_text_atomically(output, buffer.getvalue())
-    typer.echo(f"wrote {count} predictions to {output}", err=True)
+    typer.echo(f"{_wrote(existed)} {output} ({count} predictions)", err=True)
 
 
 @app.command()
@@ -321,7 +346,7 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtber
     written = write_report(run_dir, split, names, data_dir, batch_size, out)
     typer.echo(format_table(written.results))
     for path in written.files:
-        typer.echo(f"wrote {path}")
+        typer.echo(f"{_wrote(path in written.replaced)} {path}")
 
 
 @app.command()
@@ -339,11 +364,14 @@ def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert submit ckpt/glue --to submission/   (then: cd submission && zip ../glue.zip *.tsv)
     """
+    from mtbert.files import check_output_folder
     from mtbert.prediction import submit as write_submissions
 
+    check_output_folder(to, "--to")
+    before = set(to.iterdir()) if to.is_dir() else set()
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     for path in write_submissions(ckpt, to, split, names, data_dir, batch_size, report=_say):
-        typer.echo(f"wrote {path}")
+        typer.echo(f"{_wrote(path in before)} {path}")
 
 
 @app.command()

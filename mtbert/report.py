@@ -10,7 +10,8 @@ takes (evaluation.predict_tasks), then, in `RUN_DIR/report-<split>/` unless told
     <task>-scores.png        regression tasks: gold and predicted score histograms
     report.md                the scores table, per-class figures and tables, and every image above
 
-Each file is written atomically; files of other names in the folder are left alone.
+Each file is written atomically; files of other names in the folder are left alone, and those it
+replaces are said to be replaced.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import numpy as np
 from mtbert import checkpoint, plots
 from mtbert.errors import MtbertError
 from mtbert.evaluation import SplitPredictions, predict_tasks, score_predictions
-from mtbert.files import write_text_atomically
+from mtbert.files import check_output_folder, write_text_atomically
 from mtbert.tasks import Task
 
 LOG_FILE = "train_log.jsonl"
@@ -40,6 +41,8 @@ class Report:
     "{task: {metric: value, main}, overall}, as mtbert evaluate returns them."
     files: list[Path] = field(default_factory=list)
     "Every file written, report.md last."
+    replaced: set[Path] = field(default_factory=set)
+    "Those of `files` that replaced a file of the same name (an earlier report's)."
 
 
 def write_report(run_dir: str | Path, split: str = "dev", task_names: list[str] | None = None,
@@ -47,11 +50,12 @@ def write_report(run_dir: str | Path, split: str = "dev", task_names: list[str] 
                  progress: bool = True) -> Report:
     """Score the run's model on `split`, draw its figures and write report.md; return what was written."""
     run_dir = Path(run_dir)
+    folder = Path(out) if out is not None else run_dir / f"report-{split}"
+    check_output_folder(folder, "--out")  # before the work, not after it
     loaded = checkpoint.load_model(run_dir, data_dir=data_dir)
     predicted = predict_tasks(loaded, split, task_names, batch_size, progress)
     results = score_predictions(predicted)
-    folder = Path(out) if out is not None else run_dir / f"report-{split}"
-    report = Report(folder, results)
+    report = Report(folder, results, replaced=set(folder.iterdir()) if folder.is_dir() else set())
 
     records, log_note = read_log(run_dir / LOG_FILE)
     exported_step = loaded.metrics.get("step")
@@ -67,6 +71,7 @@ def write_report(run_dir: str | Path, split: str = "dev", task_names: list[str] 
     markdown = _markdown(run_dir, loaded, split, predicted, results, records, log_note, exported_step, sections)
     write_text_atomically(folder / REPORT_FILE, markdown)
     report.files.append(folder / REPORT_FILE)
+    report.replaced &= set(report.files)
     return report
 
 

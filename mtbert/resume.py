@@ -11,7 +11,8 @@ nothing is pickled, so nothing is ever unpickled.
 
     <output_dir>/checkpoints/
         step-40/
-            state.json                 written last: step, parts, the run's recipe and launch
+            state.json                 written last: step, parts, the run's recipe and launch, and the
+                                       size and SHA-256 of every other file of the folder
             model.json, model.safetensors
             optimizer.json, optimizer.safetensors
             rng.process-0.json, rng.process-0.safetensors, rng.process-1.json, ...
@@ -19,13 +20,19 @@ nothing is pickled, so nothing is ever unpickled.
         latest                         the name of the newest complete checkpoint, replaced atomically
 
 A checkpoint is written into `.step-N.tmp/` and renamed into place once complete, so a crash at any
-moment leaves the earlier checkpoints and `latest` intact; the next save clears the leftover.
+moment leaves the earlier checkpoints and `latest` intact; the next save clears the leftover. A write
+that fails (a full disk) removes the staging folder and is an MtbertError naming the path.
+
+A checkpoint damaged after it was written (a changed, truncated or missing file) fails its checksums:
+`--resume latest` and `auto` then fall back to the newest checkpoint that verifies, saying which they
+skipped, and `--resume <folder>` names the damaged file.
 This module knows nothing of Accelerate: the caller describes its processes with `Processes`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -41,14 +48,17 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from mtbert import __version__, faults
 from mtbert.errors import MtbertError
+from mtbert.files import WriteError, cannot_write
 
 FORMAT = "mtbert-training-state"
-VERSION = 1
+VERSION = 2
+"2: the manifest lists every file with its size and SHA-256. Version 1 (no checksums) is still read."
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "state.json"
 LATEST = "latest"
 _STEP_FOLDER = re.compile(r"^step-(\d+)$")
@@ -206,8 +216,9 @@ class TrainingState:
         root = Path(root)
         final, staging = root / f"step-{step}", root / f".step-{step}.tmp"
         if processes.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir(parents=True)
+            with _writing(final, staging):
+                shutil.rmtree(staging, ignore_errors=True)
+                staging.mkdir(parents=True)
         processes.barrier()
         if not staging.is_dir():
             raise MtbertError(f"{staging}: process {processes.index} cannot see the folder the main process "
@@ -216,18 +227,22 @@ class TrainingState:
             # Every process asks every part for its state: under ZeRO that may be a collective.
             state = part.obj.state_dict()
             if part.per_process or processes.is_main:
-                _write_part(staging, _file_stem(name, part.per_process, processes.index), name, state)
+                with _writing(final, staging):
+                    _write_part(staging, _file_stem(name, part.per_process, processes.index), name, state)
         faults.during_save(step)
         processes.barrier()
         if processes.is_main:
-            manifest = {"format": FORMAT, "version": VERSION, "mtbert_version": __version__, "step": step,
-                        "num_processes": processes.count,
-                        "parts": {name: {"per_process": part.per_process} for name, part in self.parts.items()},
-                        "info": info}
-            _write_json(staging / MANIFEST, manifest)
-            _fsync_folder(staging)
-            _replace_folder(staging, final)
-            _write_latest(root, final.name)
+            with _writing(final, staging):
+                manifest = {"format": FORMAT, "version": VERSION, "mtbert_version": __version__, "step": step,
+                            "num_processes": processes.count,
+                            "parts": {name: {"per_process": part.per_process} for name, part in self.parts.items()},
+                            "info": info,
+                            # Last, over every other file (every process's): what a resume verifies.
+                            "files": {path.name: _file_record(path) for path in sorted(staging.iterdir())}}
+                _write_json(staging / MANIFEST, manifest)
+                _fsync_folder(staging)
+                _replace_folder(staging, final)
+                _write_latest(root, final.name)
         processes.barrier()
         return final
 
@@ -262,7 +277,10 @@ def _write_part(folder: Path, stem: str, name: str, state: Any) -> None:
         raise TypeError(f"training state part {name!r}: {error}") from None
     if tensors:
         path = folder / f"{stem}.safetensors"
-        save_file(tensors, path, metadata={"format": "pt"})
+        try:
+            save_file(tensors, path, metadata={"format": "pt"})
+        except SafetensorError as error:  # its I/O errors (a full disk) come as this type, not OSError
+            raise cannot_write(path, error) from None
         os.chmod(path, 0o644)  # as readable as any other output
         _fsync_file(path)
     _write_json(folder / f"{stem}.json", {"tensors_file": f"{stem}.safetensors" if tensors else None,
@@ -284,6 +302,31 @@ def _read_part(folder: Path, stem: str) -> Any:
         return decode(record["state"], tensors)
     except (KeyError, TypeError, ValueError) as error:
         raise MtbertError(f"{path}: malformed checkpoint state ({error!r})") from None
+
+
+@contextlib.contextmanager
+def _writing(final: Path, staging: Path):
+    """A write of checkpoint `final` that fails (a full disk, a read-only folder) removes what it staged and
+    is one MtbertError naming the checkpoint; the checkpoints before it and `latest` are untouched."""
+    try:
+        yield
+    except (OSError, WriteError) as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = error.reason if isinstance(error, WriteError) else error.strerror or str(error)
+        raise MtbertError(f"{final}: cannot write the checkpoint ({reason}); the previous checkpoints are "
+                          f"as they were") from None
+
+
+def _file_record(path: Path) -> dict:
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_json(path: Path, data: Any, indent: int | None = 1) -> None:
@@ -342,10 +385,53 @@ def read_manifest(folder: Path) -> dict:
     manifest = _read_json(folder / MANIFEST)
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise MtbertError(f"{folder / MANIFEST}: not an mtbert training checkpoint")
-    if manifest.get("version") != VERSION:
+    if manifest.get("version") not in READABLE_VERSIONS:
         raise MtbertError(f"{folder / MANIFEST}: checkpoint format version {manifest.get('version')}; "
-                          f"this mtbert reads version {VERSION}")
+                          f"this mtbert reads version {', '.join(map(str, READABLE_VERSIONS))}")
+    for key, kind in (("step", int), ("num_processes", int), ("parts", dict), ("info", dict)):
+        if not isinstance(manifest.get(key), kind):
+            raise MtbertError(f"{folder / MANIFEST}: malformed checkpoint manifest ({key!r} missing or wrong)")
     return manifest
+
+
+def verify(folder: Path) -> dict:
+    """Check checkpoint `folder` against its manifest's sizes and SHA-256s; return the manifest.
+
+    Any difference (a file changed, truncated or missing after the checkpoint was written) is an
+    MtbertError naming the file. A version-1 checkpoint has no checksums: its files are only required
+    to exist."""
+    manifest = read_manifest(folder)
+    files = manifest.get("files")
+    if manifest["version"] >= 2 and not isinstance(files, dict):
+        raise MtbertError(f"{folder / MANIFEST}: malformed checkpoint manifest (no file checksums)")
+    if files is None:  # version 1: at least every part is there
+        for name in _part_files(manifest):
+            if not (folder / name).is_file():
+                raise MtbertError(f"{folder / name}: missing from the checkpoint")
+    for name, record in (files or {}).items():
+        path = folder / name
+        if not isinstance(record, dict) or Path(name).name != name:
+            raise MtbertError(f"{folder / MANIFEST}: malformed checkpoint manifest (entry {name!r})")
+        if not path.is_file():
+            raise MtbertError(f"{path}: missing from the checkpoint")
+        size = path.stat().st_size
+        if size != record.get("bytes"):
+            raise MtbertError(f"{path}: damaged after the checkpoint was written ({size} bytes, it wrote "
+                              f"{record.get('bytes')})")
+        if _sha256(path) != record.get("sha256"):
+            raise MtbertError(f"{path}: damaged after the checkpoint was written (its SHA-256 differs from "
+                              f"the one in {MANIFEST})")
+    return manifest
+
+
+def _part_files(manifest: dict) -> list[str]:
+    """The JSON file of every part (per process: one per process)."""
+    names = []
+    for name, spec in manifest["parts"].items():
+        per_process = isinstance(spec, dict) and bool(spec.get("per_process"))
+        count = manifest["num_processes"] if per_process else 1
+        names += [f"{_file_stem(name, per_process, index)}.json" for index in range(count)]
+    return names
 
 
 def complete_checkpoints(root: str | os.PathLike[str]) -> list[tuple[int, Path]]:
@@ -386,25 +472,32 @@ def prune(root: str | os.PathLike[str], keep: int) -> list[Path]:
     return doomed
 
 
-def find_checkpoint(spec: str, checkpoints_root: Path) -> Path | None:
-    """The checkpoint folder `--resume spec` means.
+def find_checkpoint(spec: str, checkpoints_root: Path, say: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint folder `--resume spec` means, verified against its checksums.
 
-    spec: `latest` (the newest under checkpoints_root; an error if there is none), `auto` (the same, or
-    None to start afresh) or a path: a checkpoint folder, a checkpoints folder or a run's output folder.
+    spec: `latest` (the newest under checkpoints_root that verifies; an error if there is none), `auto`
+    (the same, or None to start afresh when there is no checkpoint at all) or a path: a checkpoint folder
+    (an error if it does not verify), a checkpoints folder or a run's output folder (its newest that
+    verifies). Each damaged checkpoint passed over is said, one line each.
     """
     if spec in ("latest", "auto"):
-        found = latest_checkpoint(checkpoints_root)
+        found = newest_verified(checkpoints_root, f"--resume {spec}", say)
         if found is None and spec == "latest":
             raise MtbertError(f"--resume latest: no complete checkpoint in {checkpoints_root} "
                               f"(use --resume auto to start afresh when there is none)")
         return found
     path = Path(spec)
     if not path.exists():
-        raise MtbertError(f"--resume {spec}: no such folder")
+        loop = path.is_symlink()
+        raise MtbertError(f"--resume {spec}: {'a symlink loop or a broken link' if loop else 'no such folder'}")
     if (path / MANIFEST).is_file():
+        try:
+            verify(path)
+        except MtbertError as error:
+            raise MtbertError(f"--resume {spec}: {error}") from None
         return path
     for root in (path, path / "checkpoints"):
-        found = latest_checkpoint(root)
+        found = newest_verified(root, f"--resume {spec}", say)
         if found is not None:
             return found
     pickled = sorted(p.name for p in path.rglob("*") if p.suffix in _PICKLE_SUFFIXES)[:3] if path.is_dir() else []
@@ -413,6 +506,42 @@ def find_checkpoint(spec: str, checkpoints_root: Path) -> Path | None:
                           f"or DeepSpeed's save_checkpoint write; mtbert never unpickles a checkpoint. Resume from a "
                           f"folder mtbert train wrote (<output_dir>/checkpoints/step-N)")
     raise MtbertError(f"--resume {spec}: not an mtbert checkpoint (no {MANIFEST}, no complete step-N folder)")
+
+
+def newest_verified(root: Path, option: str, say: Callable[[str], None] = print) -> Path | None:
+    """The checkpoint `latest` names or, failing that, the newest step-N folder under root that verifies,
+    saying which it skipped; None if root has no checkpoint folder at all. Checkpoints that all fail to
+    verify are an error: starting afresh beside them would silently give up a run."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    steps = sorted((int(m.group(1)), child) for child in root.iterdir()
+                   if (m := _STEP_FOLDER.match(child.name)) and child.is_dir())
+    candidates = [folder for _, folder in reversed(steps)]
+    named = _named_by_latest(root)
+    if named in candidates:
+        candidates.remove(named)
+        candidates.insert(0, named)
+    skipped = []
+    for folder in candidates:
+        try:
+            verify(folder)
+            return folder
+        except MtbertError as error:
+            say(f"skipped checkpoint {folder.name}: {error}")
+            skipped.append(folder.name)
+    if skipped:
+        raise MtbertError(f"{option}: no checkpoint in {root} verifies (skipped {', '.join(skipped)}); "
+                          f"resume from a copy of a good one, or start afresh in a new output_dir")
+    return None
+
+
+def _named_by_latest(root: Path) -> Path | None:
+    try:
+        name = (root / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return root / name if _STEP_FOLDER.match(name) else None
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,8 +190,9 @@ def run_combination(recipe: Path, combo: Combination, overrides: list[str], fold
     folder.mkdir(parents=True, exist_ok=True)
     for stale in (RESULT_FILE, FAILURE_FILE):
         (folder / stale).unlink(missing_ok=True)
+    # --overwrite: the folder is the sweep's own and already holds the child's output file.
     command = [sys.executable, "-m", "mtbert", "train", str(recipe), *overrides, *combo.overrides,
-               f"output_dir={folder}"] + (["--data-dir", data_dir] if data_dir else [])
+               f"output_dir={folder}", "--overwrite"] + (["--data-dir", data_dir] if data_dir else [])
     started = time.perf_counter()
     with open(folder / TRAIN_OUTPUT, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,

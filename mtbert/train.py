@@ -11,8 +11,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from accelerate.utils import (
 )
 from tqdm.auto import tqdm
 
-from mtbert import checkpoint, faults, files, speed
+from mtbert import checkpoint, faults, files, run_folder, speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.streams import TaskStream
@@ -169,12 +171,14 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
     return RunData(tasks, tokenizer, train, dev)
 
 
-def train(recipe: Recipe, resume: str | None = None) -> dict:
+def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) -> dict:
     """Train, evaluate on dev as the recipe says, export the best (or last) model; return its metrics.
 
     A resumable checkpoint is saved every `train.checkpoint_every` steps, at the end, and when SIGTERM
     or SIGINT stops the run (which then raises TrainingInterrupted). resume: `latest`, `auto` or a
     checkpoint folder to continue from; the run ends as if it had never stopped (mtbert/resume.py).
+    A fresh run refuses an output_dir holding files mtbert did not write unless `overwrite`, and touches an
+    earlier run's folder only once it produces something (mtbert/run_folder.py).
     """
     check_trackers(recipe.tracking.trackers)
     accelerator = make_accelerator(recipe)
@@ -182,7 +186,11 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
     faults.arm(accelerator.process_index)
     output = Path(recipe.output_dir)
     checkpoints = output / "checkpoints"
-    resume_from = find_checkpoint(resume, checkpoints) if resume else None
+    resume_from = None
+    if resume:
+        resume_from = find_checkpoint(resume, checkpoints, say=lambda line: accelerator.print(line, file=sys.stderr))
+    if resume_from is None:
+        run_folder.claim(output, recipe.name, overwrite=overwrite, is_main=accelerator.is_main_process)
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
@@ -227,8 +235,6 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                                                          max_tokens=recipe.speed.eval_max_tokens))
                    for name, ds in data.dev.items()}
 
-    if accelerator.is_main_process:
-        files.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
     recipe_text = dump_recipe(stored_recipe(recipe, tasks))
     progress, losses, smart_losses = Progress(), LossMeter(accelerator.device), LossMeter(accelerator.device)
     extra_state = {"triplet_streams": StreamPositions(triplet_streams)} if triplet_streams else {}
@@ -247,7 +253,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
         accelerator.init_trackers(project_name(recipe), config=hyperparameters(recipe))
     log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process,
                  keep_bytes=progress.log_bytes if resume_from else None,
-                 trackers=accelerator.log if recipe.tracking.trackers else None)
+                 trackers=accelerator.log if recipe.tracking.trackers else None,
+                 before_first_write=lambda: begin_output(output, counts, fresh=resume_from is None))
     zero_stage = run_info["launch"]["zero_stage"]
     guard = NonFiniteGuard(list(tasks), accelerator.device, distributed=accelerator.num_processes > 1)
     stop_vote = StopVote(accelerator.num_processes)
@@ -436,31 +443,62 @@ def format_scores(metrics: dict) -> str:
     return " | ".join(parts) + f" | overall {metrics['overall']:.4f}"
 
 
+def begin_output(output: Path, counts: dict, fresh: bool) -> None:
+    """What a run does to its folder when it first produces something (not before: a run that fails early
+    leaves an earlier run's folder as it was): a fresh run takes the folder over from an earlier run, then
+    the parameter counts are written."""
+    if fresh:
+        run_folder.take_over(output)
+    files.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
+
+
 class RunLog:
     """The JSONL log every run writes: one record per logging step and per evaluation. With `trackers`
     (accelerator.log), each record also goes to the recipe's trackers, flattened (tracking.py).
 
-    keep_bytes: resuming, keep the log as it was at the checkpoint (what came after is written again)."""
+    The file is opened at the first record, or when its size is first asked (right before a checkpoint
+    is saved), not before; `before_first_write` runs then, once. keep_bytes: resuming, keep the log as
+    it was at the checkpoint (what came after is written again); otherwise the log starts empty.
+    A write that fails (a full disk) is an MtbertError naming the file."""
 
-    def __init__(self, path: Path, enabled: bool, keep_bytes: int | None = None, trackers=None):
+    def __init__(self, path: Path, enabled: bool, keep_bytes: int | None = None, trackers=None,
+                 before_first_write: Callable[[], None] | None = None):
         self.path, self.enabled, self.trackers = path, enabled, trackers
-        if enabled:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if keep_bytes is None or not path.is_file():
-                path.write_text("")
+        self.keep_bytes, self.before_first_write = keep_bytes, before_first_write
+        self.started = False
+
+    def start(self) -> None:
+        if self.started or not self.enabled:
+            return
+        if self.before_first_write is not None:
+            self.before_first_write()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.keep_bytes is None or not self.path.is_file():
+                self.path.write_text("")
             else:
-                with path.open("r+b") as f:
-                    f.truncate(keep_bytes)
+                with self.path.open("r+b") as f:
+                    f.truncate(self.keep_bytes)
+        except OSError as error:
+            raise files.cannot_write(self.path, error) from None
+        self.started = True
 
     def write(self, record: dict) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            self.start()
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+            except OSError as error:
+                raise files.cannot_write(self.path, error) from None
             if self.trackers is not None:
                 self.trackers(tracker_values(record), step=record["step"])
 
     def size(self) -> int:
-        return self.path.stat().st_size if self.enabled and self.path.is_file() else 0
+        if not self.enabled:
+            return 0
+        self.start()
+        return self.path.stat().st_size
 
 
 # ---------------------------------------------------------------------------------------------

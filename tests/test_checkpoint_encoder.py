@@ -6,6 +6,7 @@ from pathlib import Path
 
 import huggingface_hub.constants
 import pytest
+import safetensors.torch
 import torch
 import transformers
 from safetensors.torch import save_file
@@ -141,7 +142,7 @@ def test_crash_while_saving_leaves_the_old_files_intact(tmp_path: Path, monkeypa
         Path(filename).write_bytes(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mtbert.checkpoint, "save_file", crash_halfway)
+    monkeypatch.setattr(safetensors.torch, "save_file", crash_halfway)
     with pytest.raises(KeyboardInterrupt):
         save_encoder(BertModel(TINY), tmp_path)
     assert (tmp_path / "model.safetensors").read_bytes() == before
@@ -245,6 +246,25 @@ def test_unknown_hub_name_offline_is_a_readable_error(tmp_path: Path, monkeypatc
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MtbertError, match="'bert-base-uncased' is neither a local folder nor"):
         BertModel.from_pretrained("bert-base-uncased")
+
+
+def test_a_config_asking_for_code_is_refused_from_a_folder_or_the_hub(tmp_path: Path, monkeypatch):
+    save_encoder(tiny_model(), tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps(config | {"auto_map": {"AutoModel": "modeling.Custom"}}))
+    with pytest.raises(MtbertError, match=r"config.json: asks for custom code \(auto_map"):
+        load_encoder(tmp_path)
+    # The same config.json downloaded from the hub (no folder to look into first) is refused too.
+    monkeypatch.setattr(mtbert.checkpoint, "_hub_files",
+                        lambda name: (tmp_path / "config.json", tmp_path / "model.safetensors"))
+    with pytest.raises(MtbertError, match=r"config.json: asks for custom code \(auto_map"):
+        load_encoder("someone/custom-bert")
+
+
+def test_a_model_folder_that_loops_is_named(tmp_path: Path):
+    (tmp_path / "loop").symlink_to("loop")
+    with pytest.raises(MtbertError, match="loop: the model folder is a symlink loop"):
+        load_encoder(tmp_path / "loop")
 
 
 # --- a real checkpoint -------------------------------------------------------------------

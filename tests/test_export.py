@@ -1,13 +1,16 @@
 """`mtbert export`: one task of a trained model as a folder plain transformers loads."""
 
+import errno
 import json
+import os
+from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 import transformers
 from typer.testing import CliRunner
 
-import mtbert.checkpoint
 from mtbert.checkpoint import EXPORT_MARKER, export_hf, export_model, load_model
 from mtbert.cli import app
 from mtbert.config import dump_recipe, load_recipe
@@ -100,13 +103,17 @@ def test_with_head_gives_mtbert_predictions(ckpt, loaded, tmp_path, task, pair):
 
 @pytest.mark.parametrize("task,message", [("stsb", "siamese encoding"), ("cfimdb", "pooler is 'mean'"),
                                           ("sst2", "its head is mlp")])
-def test_heads_transformers_cannot_express_are_refused(ckpt, tmp_path, task, message):
+def test_heads_transformers_cannot_express_are_refused(ckpt, loaded, tmp_path, task, message):
     with pytest.raises(MtbertError, match=message) as error:
         export_hf(ckpt, task, tmp_path / "hf", with_head=True)
     assert "without --with-head" in str(error.value)
     assert not list(tmp_path.iterdir())  # nothing written
-    export_hf(ckpt, task, tmp_path / "hf")  # the encoder alone still exports
-    assert transformers.AutoModel.from_pretrained(tmp_path / "hf") is not None
+    export_hf(ckpt, task, tmp_path / "hf")  # the encoder alone still exports: the task's, weight for weight
+    hf_model = transformers.AutoModel.from_pretrained(tmp_path / "hf")
+    ours = loaded.model.encoder_for(task).state_dict()
+    theirs = hf_model.state_dict()
+    assert type(hf_model).__name__ == "BertModel" and ours.keys() <= theirs.keys()
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
 
 
 def test_unknown_task_and_foreign_folder_refused_re_export_allowed(ckpt, tmp_path):
@@ -132,14 +139,46 @@ def test_failed_write_leaves_previous_export_untouched(ckpt, tmp_path, monkeypat
     folder = export_hf(ckpt, "sst", tmp_path / "hf")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
 
-    def fail(*args, **kwargs):
-        raise OSError("disk full")
+    def fail(tensors, filename, metadata):
+        Path(filename).write_bytes(b"half a file")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
 
-    monkeypatch.setattr(mtbert.checkpoint, "save_file", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(safetensors.torch, "save_file", fail)
+    with pytest.raises(MtbertError, match=r"hf: cannot write the export \(No space left on device\); the previous "
+                                          r"export is as it was"):
         export_hf(ckpt, "sts", folder, with_head=True)
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+
+
+def test_an_interrupted_exports_staging_folder_is_removed_by_the_next(ckpt, tmp_path):
+    staging = tmp_path / ".hf.k3x9_q2a.tmp"  # what an export killed while writing leaves beside its target
+    staging.mkdir()
+    (staging / "model.safetensors").write_bytes(b"half a file")
+    unrelated = tmp_path / ".hf.notes"  # not a staging folder's name: left alone
+    unrelated.mkdir()
+    export_hf(ckpt, "sst", tmp_path / "hf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hf.notes", "hf"]
+
+
+def test_an_export_killed_between_its_renames_puts_the_previous_one_back(ckpt, tmp_path, monkeypatch):
+    """Killed after moving the previous export aside and before renaming the new one into place, an export
+    leaves only `.old`: the next export restores it first, so that a failure then still loses nothing."""
+    previous = export_hf(ckpt, "sst", tmp_path / "hf")
+    files = {p.name: p.read_bytes() for p in previous.iterdir()}
+    os.replace(previous, tmp_path / ".hf.abcd1234.old")
+
+    def full(tensors, filename, metadata):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), filename)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(safetensors.torch, "save_file", full)
+        with pytest.raises(MtbertError, match="the previous export is as it was"):
+            export_hf(ckpt, "quora", tmp_path / "hf")
+    assert {p.name: p.read_bytes() for p in previous.iterdir()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
+    export_hf(ckpt, "quora", tmp_path / "hf")
+    assert json.loads((tmp_path / "hf" / EXPORT_MARKER).read_text())["task"] == "quora"
 
 
 def test_push_to_hub_failure_is_one_mtbert_error(ckpt, tmp_path, monkeypatch):

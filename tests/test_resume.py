@@ -1,5 +1,7 @@
 """Resumable state on disk: the pickle-free codec, checkpoint folders, `latest`, pruning, and signals."""
 
+import errno
+import hashlib
 import json
 import os
 import random
@@ -9,7 +11,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 
+import mtbert.resume
 from mtbert.errors import MtbertError
 from mtbert.resume import (
     Processes,
@@ -24,6 +28,7 @@ from mtbert.resume import (
     first_difference,
     latest_checkpoint,
     prune,
+    verify,
 )
 
 
@@ -256,3 +261,127 @@ def test_part_names_are_checked():
         state.add("stage_2", Box())
     with pytest.raises(ValueError, match="lowercase"):
         state.add("Stage/2", Box())
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums: a checkpoint damaged after it was written is found, and passed over by `latest`
+
+
+def saved_steps(root, *steps) -> TrainingState:
+    """Checkpoints of `steps` whose parts hold tensors (each in a safetensors file) and the step."""
+    state, shared, mine = make_state(None)
+    for step in steps:
+        shared.value = {"step": step, "weights": torch.full((4,), float(step))}
+        mine.value = torch.arange(step)
+        state.save(root, step, Processes(), {})
+    return state
+
+
+def flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_the_manifest_lists_every_file_with_its_size_and_sha256(tmp_path):
+    saved_steps(tmp_path, 3)
+    folder = tmp_path / "step-3"
+    manifest = json.loads((folder / "state.json").read_text())
+    assert manifest["version"] == 2
+    assert sorted(manifest["files"]) == sorted(p.name for p in folder.iterdir() if p.name != "state.json")
+    record = manifest["files"]["shared.safetensors"]
+    assert record["bytes"] == (folder / "shared.safetensors").stat().st_size
+    assert record["sha256"] == hashlib.sha256((folder / "shared.safetensors").read_bytes()).hexdigest()
+    assert verify(folder)["step"] == 3
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: flip_last_byte(f / "shared.safetensors"), "shared.safetensors: damaged .*SHA-256"),
+    (lambda f: (f / "mine.process-0.json").write_text("{}"), r"mine.process-0.json: damaged .*\(2 bytes"),
+    (lambda f: (f / "shared.json").unlink(), "shared.json: missing"),
+    (lambda f: (f / "state.json").write_text("{"), "state.json: unreadable"),
+])
+def test_a_damaged_checkpoint_fails_verification_naming_the_file(tmp_path, damage, message):
+    saved_steps(tmp_path, 3)
+    damage(tmp_path / "step-3")
+    with pytest.raises(MtbertError, match=message):
+        verify(tmp_path / "step-3")
+    with pytest.raises(MtbertError, match=f"--resume {tmp_path / 'step-3'}: .*{message}"):
+        find_checkpoint(str(tmp_path / "step-3"), tmp_path)
+
+
+def test_latest_falls_back_to_the_newest_checkpoint_that_verifies_saying_what_it_skipped(tmp_path):
+    saved_steps(tmp_path, 2, 4, 6)
+    flip_last_byte(tmp_path / "step-6" / "shared.safetensors")
+    (tmp_path / "step-4" / "mine.process-0.safetensors").unlink()
+    said = []
+    for spec in ("latest", "auto", str(tmp_path)):
+        said.clear()
+        assert find_checkpoint(spec, tmp_path, say=said.append) == tmp_path / "step-2"
+        assert [line.split(":")[0] for line in said] == ["skipped checkpoint step-6", "skipped checkpoint step-4"]
+    restored, shared, _ = make_state(None)
+    restored.load(tmp_path / "step-2", Processes())
+    assert shared.value["step"] == 2
+
+
+def test_when_no_checkpoint_verifies_latest_and_auto_are_errors_not_a_fresh_start(tmp_path):
+    saved_steps(tmp_path, 2, 4)
+    for step in (2, 4):
+        flip_last_byte(tmp_path / f"step-{step}" / "shared.safetensors")
+    said = []
+    for spec in ("latest", "auto"):
+        with pytest.raises(MtbertError, match=f"--resume {spec}: no checkpoint in .* verifies .*step-4, step-2"):
+            find_checkpoint(spec, tmp_path, say=said.append)
+    assert len(said) == 4
+
+
+def test_a_version_1_checkpoint_without_checksums_still_resumes(tmp_path):
+    saved_steps(tmp_path, 5)
+    manifest_path = tmp_path / "step-5" / "state.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["files"]
+    manifest_path.write_text(json.dumps(manifest | {"version": 1}))
+    assert find_checkpoint("latest", tmp_path) == tmp_path / "step-5"
+    (tmp_path / "step-5" / "shared.json").unlink()
+    said = []
+    with pytest.raises(MtbertError, match="no checkpoint .* verifies"):
+        find_checkpoint("latest", tmp_path, say=said.append)
+    assert len(said) == 1 and "shared.json: missing" in said[0]
+
+
+def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
+    saved_steps(tmp_path, 1)
+    manifest_path = tmp_path / "step-1" / "state.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["../secret"] = {"bytes": 0, "sha256": ""}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(MtbertError, match="malformed checkpoint manifest"):
+        verify(tmp_path / "step-1")
+
+
+# ---------------------------------------------------------------------------------------------
+# A save that fails (a full disk) leaves the previous checkpoints and `latest` as they were
+
+
+@pytest.mark.parametrize("failing", ["part", "rename"])
+def test_a_full_disk_during_a_save_is_one_error_and_loses_nothing(tmp_path, monkeypatch, failing):
+    state = saved_steps(tmp_path, 2)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if failing == "part":
+        def save_file(*args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+        monkeypatch.setattr(mtbert.resume, "save_file", save_file)
+    else:
+        real = os.replace
+
+        def replace(src, dst):
+            if str(dst).endswith("step-4"):
+                raise full
+            return real(src, dst)
+        monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(MtbertError, match=r"step-4: cannot write the checkpoint \(.*No space left on device"):
+        state.save(tmp_path, 4, Processes(), {})
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before  # step-2 and latest byte for byte, no staging folder left
+    assert find_checkpoint("latest", tmp_path) == tmp_path / "step-2"

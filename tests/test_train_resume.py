@@ -82,6 +82,25 @@ def test_resumed_run_ends_bit_identical(tmp_path, tokenizer_dir, overrides):
     assert log_records(resumed) == log_records(full)  # cut back to step 3, then written again, once
 
 
+def test_resume_latest_passes_over_a_damaged_checkpoint_and_still_ends_bit_identical(tmp_path, tokenizer_dir,
+                                                                                       capsys):
+    best = run(tmp_path, tokenizer_dir, "full")
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    crash_copy(full, resumed, step=3)
+    shutil.copytree(full / "checkpoints" / "step-6", resumed / "checkpoints" / "step-6")
+    (resumed / "checkpoints" / "latest").write_text("step-6\n")
+    weights = resumed / "checkpoints" / "step-6" / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[-1] ^= 0x01  # one bit of one weight: the file still parses, only its checksum tells
+    weights.write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert run(tmp_path, tokenizer_dir, "resumed", resume="latest") == best
+    err = capsys.readouterr().err
+    assert "skipped checkpoint step-6" in err and "model.safetensors: damaged" in err
+    assert_same_files(full / "checkpoints" / "step-8", resumed / "checkpoints" / "step-8")
+    assert log_records(resumed) == log_records(full)
+
+
 @pytest.fixture
 def bf16(monkeypatch):
     """bf16 autocast, as `accelerate launch --mixed_precision bf16` asks for it (CPU autocast here)."""
