@@ -248,7 +248,9 @@ class SamplingConfig:
     temperature: float = 2.0
     "T for the temperature strategy."
     anneal_decay: float = 0.8
-    "annealed: p ~ N^a with a = 1 - anneal_decay * (e-1)/(E-1) in epoch e of E (Stickland & Murray)."
+    """annealed: p ~ N^a with a = 1 - anneal_decay * t/(T-1) at optimizer step t (0-based) of the T in the run
+    (or stage): a falls from 1 (proportional) to 1 - anneal_decay over training, whatever the number of
+    epochs. Stickland & Murray's (2019) per-epoch a = 1 - decay * (e-1)/(E-1) is this with epochs as the unit."""
 
 
 @dataclass

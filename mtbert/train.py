@@ -321,6 +321,8 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                     record["smart_loss"] = smart_losses.means()  # adversarial and proximal terms, per task
                 if recipe.stages:
                     record["stage"] = stage.name
+                if stage.sampling.strategy == "annealed":  # p(task) moves over the run: log where it stands
+                    record["task_p"] = stage.probabilities_at(step)
                 log.write(record | {"tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
             if eval_due:
                 metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
