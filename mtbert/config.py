@@ -369,8 +369,8 @@ class SmartConfig:
     "Fraction of a stage's optimizer steps trained with beta, before beta_final."
 
 
-ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge"]
-Objective = Literal["supervised", "ranking", "triplet", "lse_hinge"]
+ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge", "lse_smooth"]
+Objective = Literal["supervised", "ranking", "triplet", "lse_hinge", "lse_smooth"]
 
 
 @dataclass
@@ -398,7 +398,7 @@ class StageConfig:
     tasks: list[str] | None = None
     "The tasks this stage trains on; null: all the recipe's tasks."
     objective: Objective = "supervised"
-    "supervised (the tasks' own losses), or a contrastive objective on pooled vectors: ranking, triplet, lse_hinge."
+    "supervised (the tasks' own losses), or contrastive on pooled vectors: ranking, triplet, lse_hinge, lse_smooth."
     smart: bool | None = None
     "SMART in this (supervised) stage; null: smart.enabled and each task's smart.enabled."
     sampling: SamplingConfig | None = None

@@ -28,7 +28,7 @@ class Stage:
     name: str
     tasks: list[str]
     objective: str
-    "supervised, ranking, triplet or lse_hinge."
+    "supervised, ranking, triplet, lse_hinge or lse_smooth (objectives/contrastive.py)."
     smart: dict[str, SmartSettings]
     "SMART settings of the tasks that use it in this stage (supervised stages only)."
     sampling: SamplingConfig
