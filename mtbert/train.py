@@ -280,12 +280,16 @@ def train(recipe: Recipe, resume: str | None = None) -> dict:
                     if accelerator.sync_gradients:
                         if zero_stage == 3:
                             clear_zero3_gradients(model)  # DeepSpeed stepped inside backward
-                        if recipe.train.grad_clip:
-                            norm = accelerator.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
-                            if zero_stage is None and accelerator.scaler is None:  # they handle their own
-                                guard.observe_gradients(step + 1, norm)
+                        # The clipped norm tells non-finite gradients of finite losses; fp16's loss scaler and
+                        # DeepSpeed deal with theirs (and the scaler must not unscale a step that is then skipped).
+                        watch_gradients = recipe.train.grad_clip and zero_stage is None and accelerator.scaler is None
+                        if watch_gradients:
+                            guard.observe_gradients(step + 1, accelerator.clip_grad_norm_(model.parameters(),
+                                                                                          recipe.train.grad_clip))
                         # Skipping needs the answer now (one host sync per step); stopping reads it lazily below.
                         nonfinite = guard.found() if recipe.train.on_nonfinite == "skip" else None
+                        if recipe.train.grad_clip and not watch_gradients and nonfinite is None:
+                            accelerator.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
                     if nonfinite is None:
                         optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
