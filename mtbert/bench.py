@@ -25,7 +25,7 @@ from mtbert import speed
 from mtbert.config import Recipe
 from mtbert.data.collate import collate
 from mtbert.data.length_grouping import example_lengths, group_by_length
-from mtbert.data.sampling import TaskSampler
+from mtbert.data.sampling import TaskSampler, run_progress, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.flops import TRAINING_MULTIPLIER, encoder_forward_flops, measure_matmul_peak, sequence_lengths
@@ -143,9 +143,15 @@ def training_plan(recipe: Recipe, data, steps: int) -> Plan:
                for i, (name, task) in enumerate(data.tasks.items())}
     sampler = TaskSampler(recipe.sampling.strategy, {n: s.pass_size for n, s in streams.items()},
                           {n: s.batches_per_pass for n, s in streams.items()}, seed=recipe.seed,
-                          temperature=recipe.sampling.temperature, anneal_decay=recipe.sampling.anneal_decay,
-                          epochs=recipe.train.epochs)
-    return [[(name, streams[name].next_indices()) for name in sampler.tasks_at(step)] for step in range(steps)]
+                          temperature=recipe.sampling.temperature, anneal_decay=recipe.sampling.anneal_decay)
+    # Each step here is one batch draw; annealed sampling reads how far the run's optimizer steps have come.
+    accum = recipe.train.grad_accum
+    run_steps = total_steps(sampler.steps_per_epoch, recipe.train.epochs, accum, recipe.train.max_steps)
+    plan = []
+    for step in range(steps):
+        tasks = sampler.tasks_at(step, run_progress(step // accum, run_steps))
+        plan.append([(name, streams[name].next_indices()) for name in tasks])
+    return plan
 
 
 def regroup(plan: Plan, data, pool_batches: int, seed: int) -> Plan:

@@ -319,7 +319,9 @@ class SamplingConfig:
     temperature: float = 2.0
     "T for the temperature strategy."
     anneal_decay: float = 0.8
-    "annealed: p ~ N^a with a = 1 - anneal_decay * (e-1)/(E-1) in epoch e of E (Stickland & Murray)."
+    """annealed: p ~ N^a with a = 1 - anneal_decay * t/(T-1) at optimizer step t (0-based) of the T in the run
+    (or stage): a falls from 1 (proportional) to 1 - anneal_decay over training, whatever the number of
+    epochs. Stickland & Murray's (2019) per-epoch a = 1 - decay * (e-1)/(E-1) is this with epochs as the unit."""
 
 
 @ranges(epochs=AT_LEAST_1, max_steps=AT_LEAST_1, batch_size=AT_LEAST_1, grad_accum=AT_LEAST_1, lr=ABOVE_0,
@@ -444,8 +446,8 @@ class SmartConfig:
     "Fraction of a stage's optimizer steps trained with beta, before beta_final."
 
 
-ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge"]
-Objective = Literal["supervised", "ranking", "triplet", "lse_hinge"]
+ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge", "lse_smooth"]
+Objective = Literal["supervised", "ranking", "triplet", "lse_hinge", "lse_smooth"]
 
 
 @ranges(scale=ABOVE_0, margin=AT_LEAST_0, positive_min=FINITE, negative_max=FINITE,
@@ -476,7 +478,7 @@ class StageConfig:
     tasks: list[str] | None = None
     "The tasks this stage trains on; null: all the recipe's tasks."
     objective: Objective = "supervised"
-    "supervised (the tasks' own losses), or a contrastive objective on pooled vectors: ranking, triplet, lse_hinge."
+    "supervised (the tasks' own losses), or contrastive on pooled vectors: ranking, triplet, lse_hinge, lse_smooth."
     smart: bool | None = None
     "SMART in this (supervised) stage; null: smart.enabled and each task's smart.enabled."
     sampling: SamplingConfig | None = None

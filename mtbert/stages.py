@@ -4,7 +4,8 @@ optimizer step, and each task's SMART settings in each stage.
 A recipe without `stages:` is one supervised stage of all its tasks with the recipe's sampling, length
 and learning rate. Every stage gets its own sampler (over its tasks, counted from the stage's first
 step), its own warm-up and linear decay to zero at its peak learning rate, and evaluates at its end.
-Which stage a step belongs to follows from the step alone, so a resumed run needs nothing more.
+Annealed sampling anneals over the stage's own steps. Which stage a step belongs to, and how far through it the
+step is, follow from the step alone, so a resumed run needs nothing more.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 from dataclasses import dataclass
 
 from mtbert.config import Recipe, SamplingConfig, StageConfig
-from mtbert.data.sampling import TaskSampler, total_steps
+from mtbert.data.sampling import TaskSampler, run_progress, total_steps
 from mtbert.objectives.smart import SmartSettings
 
 SMART_FIELDS = tuple(f.name for f in dataclasses.fields(SmartSettings))
@@ -27,7 +28,7 @@ class Stage:
     name: str
     tasks: list[str]
     objective: str
-    "supervised, ranking, triplet or lse_hinge."
+    "supervised, ranking, triplet, lse_hinge or lse_smooth (objectives/contrastive.py)."
     smart: dict[str, SmartSettings]
     "SMART settings of the tasks that use it in this stage (supervised stages only)."
     sampling: SamplingConfig
@@ -54,7 +55,15 @@ class Stage:
 
     def tasks_at(self, step: int, micro: int, accum: int) -> list[str]:
         """The task(s) of micro-batch `micro` of optimizer step `step` (a run step, 0-based)."""
-        return self.sampler.tasks_at((step - self.start) * accum + micro)
+        return self.sampler.tasks_at((step - self.start) * accum + micro, self.progress(step))
+
+    def progress(self, step: int) -> float:
+        """How far run step `step` is through the stage: 0 at its first step, 1 at its last (annealed sampling)."""
+        return run_progress(step - self.start, self.steps)
+
+    def probabilities_at(self, step: int) -> dict[str, float]:
+        """p(task) at run step `step` for a stage with random sampling."""
+        return dict(zip(self.sampler.names, self.sampler.probabilities(self.progress(step)).tolist()))
 
     def lr_factor(self, step: int, base_lr: float) -> float:
         """The learning rate at run step `step`, as a multiple of base_lr: linear warm-up, then linear decay."""
@@ -106,7 +115,7 @@ def plan_stages(recipe: Recipe, streams: dict, triplet_streams: dict, accum: int
         source = streams if config.objective == "supervised" else triplet_streams
         sampler = TaskSampler(sampling.strategy, {n: source[n].pass_size for n in tasks},
                               {n: source[n].batches_per_pass for n in tasks}, seed=recipe.seed,
-                              temperature=sampling.temperature, anneal_decay=sampling.anneal_decay, epochs=epochs)
+                              temperature=sampling.temperature, anneal_decay=sampling.anneal_decay)
         steps = total_steps(sampler.steps_per_epoch, epochs, accum, max_steps)
         smart = {n: s for n in tasks if (s := smart_settings(recipe, n, config)) is not None}
         stages.append(Stage(index=index, name=config.name or f"stage-{index + 1}", tasks=tasks,

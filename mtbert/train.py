@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import time
@@ -130,15 +131,6 @@ def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
             continue
         (no_decay if param.ndim < 2 or "LayerNorm" in name else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,16 +279,23 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
                             regulariser = smart_terms(accelerator, model, teacher, stage, tasks[name], batch, outputs,
                                                       smart_losses)
                         task_loss = faults.loss(step + 1, task_loss)
-                        guard.observe(step + 1, name, task_loss + regulariser)
-                        loss = loss + tasks[name].loss_weight * (task_loss + regulariser)
+                        term = tasks[name].loss_weight * (task_loss + regulariser)  # what backward gets of it
+                        guard.observe(step + 1, name, term)
+                        loss = loss + term
                         losses.add(name, task_loss)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if zero_stage == 3:
                             clear_zero3_gradients(model)  # DeepSpeed stepped inside backward
+                        # The clipped norm tells non-finite gradients of finite losses; fp16's loss scaler and
+                        # DeepSpeed deal with theirs (and the scaler must not unscale a step that is then skipped).
+                        watch_gradients = recipe.train.grad_clip and zero_stage is None and accelerator.scaler is None
+                        if watch_gradients:
+                            guard.observe_gradients(step + 1, accelerator.clip_grad_norm_(model.parameters(),
+                                                                                          recipe.train.grad_clip))
                         # Skipping needs the answer now (one host sync per step); stopping reads it lazily below.
                         nonfinite = guard.found() if recipe.train.on_nonfinite == "skip" else None
-                        if recipe.train.grad_clip and nonfinite is None:
+                        if recipe.train.grad_clip and not watch_gradients and nonfinite is None:
                             accelerator.clip_grad_norm_(model.parameters(), recipe.train.grad_clip)
                     if nonfinite is None:
                         optimizer.step()
@@ -309,8 +308,8 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
             done = progress.step = step + 1
             if nonfinite is not None:
                 progress.skipped_steps.append(done)
-                log.write({"step": done, "skipped": f"non-finite loss on task {nonfinite[1]}"})
-                accelerator.print(f"step {done}: non-finite loss on task {nonfinite[1]}; step skipped")
+                log.write({"step": done, "skipped": guard.describe(nonfinite[1])})
+                accelerator.print(f"step {done}: {guard.describe(nonfinite[1])}; step skipped")
                 guard.reset()
             log_due = done % recipe.train.log_every == 0 or done == steps
             eval_due = done == stage.end or (done % recipe.eval.every_steps == 0 if recipe.eval.every_steps
@@ -328,13 +327,14 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
                     record["smart_loss"] = smart_losses.means()  # adversarial and proximal terms, per task
                 if recipe.stages:
                     record["stage"] = stage.name
+                if stage.sampling.strategy == "annealed":  # p(task) moves over the run: log where it stands
+                    record["task_p"] = stage.probabilities_at(step)
                 log.write(record | {"tokens_per_s": tokens * accelerator.num_processes / elapsed, "elapsed_s": elapsed})
             if eval_due:
                 metrics = evaluate_dev(model, tasks, dev_loaders, accelerator)
                 log.write({"step": done, "dev": metrics})
                 accelerator.print(f"step {done}: dev " + format_scores(metrics))
-                best = progress.best
-                if best is None or metrics["overall"] > best["overall"] or not recipe.eval.keep_best:
+                if not recipe.eval.keep_best or replaces_best(metrics["overall"], progress.best):
                     progress.best = metrics | {"step": done}
                     export(accelerator, model, tokenizer, output, recipe_text, progress.best)
             if save_due or stop_signal:
@@ -433,6 +433,19 @@ def evaluate_dev(model, tasks: dict[str, Task], loaders: dict, accelerator: Acce
         results[name] = score(tasks[name], prediction)
     results["overall"] = overall_score({name: r["main"] for name, r in results.items()})
     return results
+
+
+def replaces_best(overall: float, best: dict | None) -> bool:
+    """Whether a dev evaluation with this overall score replaces the exported best (eval.keep_best).
+
+    A higher score replaces a lower one (a tie keeps the earlier). A non-finite score (a correlation of
+    constant predictions on a small dev set is NaN) never replaces a finite one, and a finite one always
+    replaces a non-finite one: NaN compares false with everything, so a NaN best would otherwise block
+    every later model. Among non-finite scores the later replaces the earlier, as without keep_best: a
+    run that never scores finitely exports its last model."""
+    if best is None or not math.isfinite(best["overall"]):
+        return True
+    return math.isfinite(overall) and overall > best["overall"]
 
 
 def format_scores(metrics: dict) -> str:
@@ -716,33 +729,56 @@ def verify_replicas(accelerator: Accelerator, model) -> None:
 
 
 class NonFiniteGuard:
-    """Notices the first non-finite task loss without a host sync per step.
+    """Notices the first step whose training signal is non-finite, without a host sync per step.
 
-    observe() only updates a tensor where the loss lives; found() reads it back, agreed by every process
-    (the earliest step any of them saw), and is called where the loop syncs anyway: logging, evaluation,
-    checkpoints and stops, or at every step when such steps are skipped.
+    It watches what backward receives, per task: the task's loss plus its regularisers, times its
+    loss_weight (a loss finite on its own can overflow once weighted), and, where clipping computes it,
+    the gradient norm (a finite loss can still give non-finite gradients; fp16's loss scaler and
+    DeepSpeed deal with their own). Watching the unweighted loss alone let such a step through: the
+    optimizer stepped on it, the weights became NaN, and the next step's task, whichever it was, was the
+    first non-finite loss seen and got the blame.
+
+    observe() only updates a tensor where the loss lives: per task, and for the gradients, the first
+    step it was non-finite. found() reads it back, agreed by every process (the earliest step any of
+    them saw), and names every task non-finite at that step (several share a step under all_tasks or
+    gradient accumulation). It is called where the loop syncs anyway: logging, evaluation, checkpoints
+    and stops, or at every step when such steps are skipped.
     """
 
     NONE = 2**62
 
     def __init__(self, task_names: list[str], device: torch.device, distributed: bool):
         self.names, self.distributed = task_names, distributed
-        self.first = torch.full((), self.NONE, dtype=torch.int64, device=device)
+        self.first = torch.full((len(task_names) + 1,), self.NONE, dtype=torch.int64, device=device)  # tasks, grads
 
-    def observe(self, step: int, task: str, loss: torch.Tensor) -> None:
-        code = step * len(self.names) + self.names.index(task)
-        self.first = torch.where(torch.isfinite(loss.detach()) | (self.first < code), self.first, code)
+    def _mark(self, slot: int, step: int, value: torch.Tensor) -> None:
+        current = self.first[slot]
+        self.first[slot] = torch.where(torch.isfinite(value.detach()), current, current.clamp(max=step))
 
-    def found(self) -> tuple[int, str] | None:
-        """(step, task) of the first non-finite loss on any process, or None."""
+    def observe(self, step: int, task: str, term: torch.Tensor) -> None:
+        """`term`: what the task adds to the loss backward receives (weighted, regularisers included)."""
+        self._mark(self.names.index(task), step, term)
+
+    def observe_gradients(self, step: int, norm: torch.Tensor) -> None:
+        self._mark(len(self.names), step, norm)
+
+    def found(self) -> tuple[int, list[str]] | None:
+        """(step, tasks) of the first non-finite step on any process: the tasks whose loss was non-finite
+        then, or [] when only the gradients were; None if there was none."""
         first = self.first.clone()
         if self.distributed:
             torch.distributed.all_reduce(first, op=torch.distributed.ReduceOp.MIN)
-        code = int(first.item())
-        if code == self.NONE:
+        steps = first.tolist()
+        step = min(steps)
+        if step == self.NONE:
             return None
-        step, task = divmod(code, len(self.names))
-        return step, self.names[task]
+        return step, [name for name, first_step in zip(self.names, steps) if first_step == step]
+
+    @staticmethod
+    def describe(tasks: list[str]) -> str:
+        if not tasks:
+            return "non-finite gradients (every task's loss was finite)"
+        return f"non-finite loss on task{'s' if len(tasks) > 1 else ''} {', '.join(tasks)}"
 
     def reset(self) -> None:
         self.first.fill_(self.NONE)
@@ -750,12 +786,12 @@ class NonFiniteGuard:
     def stop_if_found(self, last_checkpoint: Path | None) -> None:
         found = self.found()
         if found:
-            step, task = found
+            step, tasks = found
             keep = "no checkpoint was saved before it"
             if last_checkpoint:
                 keep = (f"the last good checkpoint is {last_checkpoint} (continue from it with --resume latest, "
                         f"perhaps with train.on_nonfinite=skip)")
-            raise MtbertError(f"non-finite loss on task {task} at step {step}; training stopped, {keep}")
+            raise MtbertError(f"{self.describe(tasks)} at step {step}; training stopped, {keep}")
 
 
 class StopVote:

@@ -1,10 +1,12 @@
-"""The numpy metrics agree with scipy/sklearn and never need the Hugging Face Hub."""
+"""The metrics are scikit-learn's and scipy's, with defined values where those are undefined, and never
+need the Hugging Face Hub: each loads with evaluate.load from its file, offline."""
 
 from __future__ import annotations
 
 import math
 import socket
 import warnings
+from pathlib import Path
 
 import evaluate
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from scipy import stats
 from sklearn import metrics as skm
 
+import mtbert.metrics
 from mtbert.errors import MtbertError
 from mtbert.metrics import (
     F1,
@@ -131,7 +134,55 @@ def test_compute_metrics_f1_is_binary_for_two_labels() -> None:
         assert got == pytest.approx(skm.f1_score(refs, preds), abs=TOL)
 
 
+# --- by hand -------------------------------------------------------------------------------------
+
+
+def test_small_cases_computed_by_hand() -> None:
+    preds, refs = [1, 1, 0, 1, 0], [1, 0, 0, 1, 0]  # tp 2, fp 1, tn 2, fn 0
+    got = compute_metrics(["accuracy", "f1", "matthews"], preds, refs)
+    assert got["accuracy"] == pytest.approx(4 / 5)
+    assert got["f1"] == pytest.approx(2 * 2 / (2 * 2 + 1 + 0))
+    assert got["matthews"] == pytest.approx((2 * 2 - 1 * 0) / math.sqrt(3 * 2 * 2 * 3))
+    # Macro F1 over labels 0, 1, 2: per class 2*2/(3+2), 1, 0 (label 2 never predicted).
+    assert compute_metrics(["f1"], [0, 1, 1, 0, 0], [0, 1, 1, 2, 0], num_labels=3)["f1"] == pytest.approx(0.6)
+    # Pearson of (1, 2, 3) and (1, 2, 6): deviations (-1, 0, 1) and (-2, -1, 3).
+    x, y = [1.0, 2.0, 3.0], [1.0, 2.0, 6.0]
+    assert compute_metrics(["pearson"], x, y)["pearson"] == pytest.approx(5 / math.sqrt(2 * 14))
+    # Spearman with a tie: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4).
+    rho = compute_metrics(["spearman"], [1.0, 5.0, 5.0, 9.0], [0.0, 1.0, 2.0, 3.0])["spearman"]
+    assert rho == pytest.approx(4.5 / math.sqrt(4.5 * 5))
+
+
 # --- degenerate inputs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_no_examples_score_nan(name: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        value = next(iter(METRICS[name]().compute(predictions=[], references=[]).values()))
+    assert math.isnan(value)
+
+
+def test_a_constant_model_scores_nan_correlations_and_zero_matthews_quietly() -> None:
+    # What a barely trained model on a small dev set gives; model selection (train.py) copes with the nan.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        regression = compute_metrics(["pearson", "spearman"], [2.5] * 6, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+        classes = compute_metrics(["accuracy", "f1", "matthews"], [1] * 6, [0, 1, 1, 0, 1, 1])
+        single = compute_metrics(["accuracy", "f1", "matthews"], [1, 1, 0], [1, 1, 1])
+    assert math.isnan(regression["pearson"]) and math.isnan(regression["spearman"])
+    assert classes == pytest.approx({"accuracy": 4 / 6, "f1": 2 * 4 / (2 * 4 + 2), "matthews": 0.0})
+    assert single == pytest.approx({"accuracy": 2 / 3, "f1": 2 * 2 / (2 * 2 + 1), "matthews": 0.0})
+    assert math.isnan(overall_score({"sts": main_score(regression, ["pearson", "spearman"]), "sst": 0.5}))
+
+
+@pytest.mark.parametrize("values", [[1.0, float("inf"), 3.0], [1.0, float("nan"), 3.0]])
+def test_a_pearson_of_values_that_are_not_finite_is_nan(values: list[float]) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(Pearson().compute(predictions=values, references=[1.0, 2.0, 4.0])["pearson"])
+
 
 
 @pytest.mark.parametrize("cls", [Pearson, Spearman])
@@ -299,6 +350,28 @@ def test_never_calls_evaluate_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(evaluate, "load", refuse)
     monkeypatch.setattr(evaluate.loading, "load", refuse)
     assert set(_score_everything()) == set(METRICS)
+
+
+@pytest.fixture(scope="module")
+def modules_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where evaluate.load copies metric files to import them: one folder for the module, since the
+    package it makes there stays imported."""
+    return tmp_path_factory.mktemp("hf-modules")
+
+
+@pytest.mark.parametrize("name", sorted(METRICS))
+def test_each_metric_loads_with_evaluate_load_from_its_file(
+    name: str, modules_cache: Path, monkeypatch: pytest.MonkeyPatch, no_network: None
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(evaluate.config, "HF_MODULES_CACHE", modules_cache)
+    path = Path(mtbert.metrics.__file__).parent / f"{name}.py"
+    loaded = evaluate.load(str(path), keep_in_memory=True)
+    assert type(loaded).__name__ == METRICS[name].__name__ and type(loaded) is not METRICS[name]  # its own copy
+    preds, refs = _scores(5, ties=True) if name in ("pearson", "spearman") else _labels(5, 2)
+    assert loaded.compute(predictions=preds, references=refs) == METRICS[name]().compute(
+        predictions=preds, references=refs
+    )
 
 
 def test_in_memory_metric_creates_no_cache_folder(tmp_path: pytest.TempPathFactory) -> None:

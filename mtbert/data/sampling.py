@@ -9,6 +9,13 @@ What an epoch is, per strategy (batches counted at the global batch size):
   proportional, temperature, annealed, uniform
                 one draw per step, as many steps as all tasks' batches together: sum_t batches(t)
 Smaller tasks restart (reshuffled) when they run out; `max_train_examples` caps a task's pass.
+
+`annealed` anneals over the run's progress, not its epochs: at optimizer step t (0-based) of T,
+alpha = 1 - anneal_decay * t / (T - 1), so a one-epoch run or a `max_steps` run shorter than an epoch
+anneals just as fully as a long one. This is Stickland & Murray's (2019) schedule,
+alpha = 1 - decay * (e - 1) / (E - 1) in epoch e of E, with the optimizer step as the unit instead of
+the epoch: counting epochs (t -> e - 1, T -> E) gives theirs exactly, which holds alpha for a whole
+epoch and, with one epoch, never moves from 1 (plain proportional sampling).
 """
 
 from __future__ import annotations
@@ -20,15 +27,28 @@ import numpy as np
 STRATEGIES = ("round_robin", "proportional", "temperature", "annealed", "uniform", "all_tasks")
 
 
+def run_progress(step: int, steps: int) -> float:
+    """How far optimizer step `step` (0-based) is through a run of `steps`: 0 at the first, 1 at the last."""
+    return step / (steps - 1) if steps > 1 else 0.0
+
+
+def anneal_alpha(progress: float, decay: float) -> float:
+    """The annealed exponent: 1 at the start of the run, 1 - decay at its end, linear in between."""
+    return 1.0 - decay * progress
+
+
 class TaskSampler:
+    """The task(s) of each batch draw. `tasks_at(draw, progress)` is a pure function of its arguments: draw
+    counts the batches drawn (micro-steps), progress is `run_progress` of the optimizer step they belong to."""
+
     def __init__(self, strategy: str, sizes: dict[str, int], batches: dict[str, int], *, seed: int,
-                 temperature: float = 2.0, anneal_decay: float = 0.8, epochs: int = 1):
+                 temperature: float = 2.0, anneal_decay: float = 0.8):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
         self.strategy, self.seed = strategy, seed
         self.names = list(sizes)
         self.sizes = np.array([sizes[n] for n in self.names], dtype=np.float64)
-        self.temperature, self.anneal_decay, self.epochs = temperature, anneal_decay, epochs
+        self.temperature, self.anneal_decay = temperature, anneal_decay
         self.batches = batches
 
     @property
@@ -41,8 +61,8 @@ class TaskSampler:
             return largest
         return sum(self.batches.values())
 
-    def probabilities(self, step: int) -> np.ndarray:
-        """p(task) at `step` for the random strategies."""
+    def probabilities(self, progress: float) -> np.ndarray:
+        """p(task) for the random strategies at `progress` through the run (see run_progress)."""
         if self.strategy == "uniform":
             weights = np.ones_like(self.sizes)
         elif self.strategy == "proportional":
@@ -50,25 +70,18 @@ class TaskSampler:
         elif self.strategy == "temperature":
             weights = self.sizes ** (1.0 / self.temperature)
         elif self.strategy == "annealed":
-            weights = self.sizes ** self.annealing_alpha(step)
+            weights = self.sizes ** anneal_alpha(progress, self.anneal_decay)
         else:
             raise ValueError(f"{self.strategy} is not a random strategy")
         return weights / weights.sum()
 
-    def annealing_alpha(self, step: int) -> float:
-        """Stickland & Murray (2019): alpha = 1 - decay * (e - 1) / (E - 1) in epoch e (1-based) of E."""
-        epoch = min(step // self.steps_per_epoch, self.epochs - 1) + 1
-        if self.epochs == 1:
-            return 1.0
-        return 1.0 - self.anneal_decay * (epoch - 1) / (self.epochs - 1)
-
-    def tasks_at(self, step: int) -> list[str]:
+    def tasks_at(self, draw: int, progress: float) -> list[str]:
         if self.strategy == "all_tasks":
             return list(self.names)
         if self.strategy == "round_robin":
-            return [self.names[step % len(self.names)]]
-        rng = np.random.default_rng([self.seed, step])
-        return [self.names[rng.choice(len(self.names), p=self.probabilities(step))]]
+            return [self.names[draw % len(self.names)]]
+        rng = np.random.default_rng([self.seed, draw])
+        return [self.names[rng.choice(len(self.names), p=self.probabilities(progress))]]
 
 
 def total_steps(micro_steps_per_epoch: int, epochs: int, grad_accum: int, max_steps: int | None) -> int:

@@ -5,7 +5,12 @@ Losses (anchors a, positives p, negatives n: (B, H) each):
              every positive of the batch (the others' positives are in-batch negatives) and every negative;
              the right answer for a_i is p_i
   triplet    max(0, |a - p| - |a - n| + margin), Euclidean distance
-  lse_hinge  max(0, d(a_i, p_i) - log sum_j exp d(a_i, n_j)) over the batch's negatives n_j, Euclidean d
+  lse_hinge  max(0, d(a_i, p_i) - log sum_j exp d(a_i, n_j)) over the batch's negatives n_j, Euclidean d: the
+             log-sum-exp hinge as published. log sum_j exp d(a_i, n_j) >= max_j d(a_i, n_j), so it is zero, with
+             zero gradient, whenever the positive is closer than the farthest negative of the batch: on real
+             data nearly always, and a stage using it then trains nothing (its logged loss is 0.0)
+  lse_smooth log(1 + sum_j exp(d(a_i, p_i) - d(a_i, n_j))), Euclidean d, the batch's negatives n_j: the smooth
+             form, never zero, which keeps pulling positives in and pushing negatives out; this one trains
 
 Sets, from a task's labelled training examples (`build_triplets`):
   single-sentence classes or binary (sst)  anchor a sentence, positive another of the same label,
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from mtbert.data.collate import attention_mask, pad
 from mtbert.data.streams import TaskStream
 
-OBJECTIVES = ("ranking", "triplet", "lse_hinge")
+OBJECTIVES = ("ranking", "triplet", "lse_hinge", "lse_smooth")
 
 
 def multiple_negatives_ranking_loss(anchors: torch.Tensor, positives: torch.Tensor,
@@ -51,11 +56,25 @@ def triplet_loss(anchors: torch.Tensor, positives: torch.Tensor, negatives: torc
 
 
 def lse_hinge_loss(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    """max(0, d(a_i, p_i) - log sum_j exp d(a_i, n_j)), Euclidean d, the batch's negatives n_j, averaged."""
+    """max(0, d(a_i, p_i) - log sum_j exp d(a_i, n_j)), Euclidean d, the batch's negatives n_j, averaged.
+
+    The published form, kept as such: it is zero (and so is its gradient) as soon as the positive is closer
+    than the farthest negative, which real data nearly always gives; lse_smooth_loss is the form that trains."""
     a, p, n = anchors.float(), positives.float(), negatives.float()
     positive = (a - p).norm(dim=-1)  # (B,)
     negative = torch.cdist(a, n)  # (B, B)
     return F.relu(positive - negative.logsumexp(dim=-1)).mean()
+
+
+def lse_smooth_loss(anchors: torch.Tensor, positives: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """log(1 + sum_j exp(d(a_i, p_i) - d(a_i, n_j))), Euclidean d, the batch's negatives n_j, averaged.
+
+    A softplus of every positive-negative distance gap at once: positive whatever the distances, its
+    gradient shrinks as the positive gets closer than the negatives but never vanishes."""
+    a, p, n = anchors.float(), positives.float(), negatives.float()
+    gaps = (a - p).norm(dim=-1)[:, None] - torch.cdist(a, n)  # (B, B): d(a_i, p_i) - d(a_i, n_j)
+    zero = gaps.new_zeros(gaps.shape[0], 1)  # exp(0) = the 1 in log(1 + ...), computed stably in one logsumexp
+    return torch.cat([zero, gaps], dim=1).logsumexp(dim=1).mean()
 
 
 def contrastive_loss(objective: str, vectors: torch.Tensor, *, scale: float = 20.0,
@@ -68,6 +87,8 @@ def contrastive_loss(objective: str, vectors: torch.Tensor, *, scale: float = 20
         return triplet_loss(anchors, positives, negatives, margin)
     if objective == "lse_hinge":
         return lse_hinge_loss(anchors, positives, negatives)
+    if objective == "lse_smooth":
+        return lse_smooth_loss(anchors, positives, negatives)
     raise ValueError(f"unknown contrastive objective {objective!r}; known: {', '.join(OBJECTIVES)}")
 
 

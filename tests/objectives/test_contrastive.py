@@ -1,5 +1,7 @@
 """Contrastive losses against their definitions, the anchor/positive/negative sets, the triplet stream."""
 
+import math
+
 import datasets
 import pytest
 import torch
@@ -12,6 +14,7 @@ from mtbert.objectives.contrastive import (
     build_triplets,
     contrastive_loss,
     lse_hinge_loss,
+    lse_smooth_loss,
     multiple_negatives_ranking_loss,
     triplet_loss,
 )
@@ -49,12 +52,54 @@ def test_lse_hinge_loss_follows_its_formula():
     assert lse_hinge_loss(a, a + 10.0, a).item() > 0  # positives farther than every negative
 
 
+def test_lse_smooth_loss_by_hand():
+    a = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    p = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    n = torch.tensor([[0.0, 2.0], [3.0, 0.0]])
+    # Anchor 0: d(a, p) = 1, d(a, n) = 2 and 3. Anchor 1: d(a, p) = 1, d(a, n) = sqrt(5) and 2.
+    first = math.log(1 + math.exp(1 - 2) + math.exp(1 - 3))
+    second = math.log(1 + math.exp(1 - math.sqrt(5)) + math.exp(1 - 2))
+    assert lse_smooth_loss(a, p, n).item() == pytest.approx((first + second) / 2, rel=1e-6)
+    # A far positive, negatives at 0 and 1: log(1 + e^(d+0) + e^(d-1)) with d = 100 sqrt(2), without overflow.
+    far = 100 * math.sqrt(2) + math.log(1 + math.exp(-1))
+    assert lse_smooth_loss(a, a + 100.0, a).item() == pytest.approx(far, rel=1e-6)
+    # Perfect positives, far negatives: small, yet not zero (lse_hinge is 0 here).
+    assert 0 < lse_smooth_loss(a, a, a + 10.0).item() < 1e-5 and lse_hinge_loss(a, a, a + 10.0).item() == 0
+
+
+def real_looking(seed: int = 0, batch: int = 16, width: int = 64) -> tuple[torch.Tensor, ...]:
+    """Unit-ish sentence vectors: each positive near its anchor, negatives anywhere (so farther)."""
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(batch, width, generator=g), dim=-1)
+    p = F.normalize(a + 0.5 * torch.randn(batch, width, generator=g) / math.sqrt(width), dim=-1)
+    n = F.normalize(torch.randn(batch, width, generator=g), dim=-1)
+    return tuple(x.requires_grad_() for x in (a, p, n))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_on_real_looking_vectors_only_the_smooth_form_has_a_gradient(seed):
+    a, p, n = real_looking(seed)
+    assert ((a - p).norm(dim=-1)[:, None] < torch.cdist(a, n)).all()  # every positive closer than every negative
+    hinge = lse_hinge_loss(a, p, n)
+    hinge.backward()
+    assert hinge.item() == 0.0 and all(x.grad is None or not x.grad.any() for x in (a, p, n))  # trains nothing
+    for x in (a, p, n):
+        x.grad = None
+    smooth = lse_smooth_loss(a, p, n)
+    smooth.backward()
+    assert smooth.item() > 0.0 and all(x.grad.norm() > 1e-3 for x in (a, p, n))
+    # Its gradient pulls each positive toward its anchor: a small step along it lowers the loss.
+    with torch.no_grad():
+        assert lse_smooth_loss(a, p - 0.1 * p.grad, n) < smooth
+
+
 def test_contrastive_loss_reads_anchors_positives_negatives_in_thirds():
     a, p, n = vectors(seed=0), vectors(seed=1), vectors(seed=2)
     stacked = torch.cat([a, p, n])
     assert contrastive_loss("triplet", stacked, margin=2.0) == triplet_loss(a, p, n, 2.0)
     assert contrastive_loss("ranking", stacked, scale=7.0) == multiple_negatives_ranking_loss(a, p, n, 7.0)
     assert contrastive_loss("lse_hinge", stacked) == lse_hinge_loss(a, p, n)
+    assert contrastive_loss("lse_smooth", stacked) == lse_smooth_loss(a, p, n)
     with pytest.raises(ValueError, match="unknown contrastive objective"):
         contrastive_loss("cosine", stacked)
 
