@@ -188,9 +188,11 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             ckpt: Annotated[Path, typer.Option(help="Folder written by mtbert train.")] = Path("ckpt"),
             input: Annotated[Optional[Path], typer.Option(help="One sentence per line, or two separated by a "
                                                                "tab for pair tasks; default stdin.")] = None,
-            output: Annotated[Optional[Path], typer.Option(help="Output file; default stdout. With --split: the "
-                                                                "folder for the submission file (created if "
-                                                                "missing); default the current folder.")] = None,
+            output: Annotated[Optional[str], typer.Option(help="Output file; default stdout. With --split: a "
+                                                               "folder for the submission file (an existing one, "
+                                                               "a name ending in / or without an extension: "
+                                                               "created) or the file itself; default the current "
+                                                               "folder.")] = None,
             format: Annotated[str, typer.Option(help="tsv or jsonl.")] = "tsv",
             split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
                                                               "instead (e.g. test): writes id + prediction.")] = None,
@@ -205,19 +207,16 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
     every task's at once.
     """
-    from mtbert.files import check_output_file, check_output_folder, make_folder, write_text_atomically
+    from mtbert.files import check_output_file, write_text_atomically
     from mtbert.prediction import predict_lines, predict_split, read_input
 
     if format not in ("tsv", "jsonl"):
         raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
     if split:
-        folder = output or Path(".")
-        check_output_folder(folder, "--output")
-        make_folder(folder)
-        before = set(folder.iterdir())
-        path = predict_split(ckpt, task, split, folder, data_dir, batch_size, report=_say)
-        typer.echo(f"{_wrote(path in before)} {path}", err=True)
+        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=_say)
+        typer.echo(f"wrote {path}", err=True)
         return
+    output = Path(output) if output is not None else None
     if output is not None:
         check_output_file(output, "--output")
     lines, source = read_input(input)

@@ -1,7 +1,7 @@
 """A training run's output folder: which folder a fresh run may write into, and when it takes it over.
 
     <output_dir>/
-        .mtbert-run.json        MARKER: written first, by mtbert train; this folder is a run's
+        .mtbert-run.json        MARKER: written with the run's first output; this folder is a run's
         parameters.json train_log.jsonl model.safetensors mtbert.json recipe.yaml metrics.json
         tokenizer files, checkpoints/, tracking/
 
@@ -11,7 +11,8 @@ naming it and some of its files, unless asked to with --overwrite: then the file
 replaced as the run writes them and everything else is left alone.
 
 Nothing of an earlier run in the folder is touched until the new run produces something: its first log
-record or checkpoint (RunLog calls `take_over` then). Only then do the earlier run's checkpoints go (a
+record or checkpoint (RunLog calls `take_over` then, which also writes the marker: a run that fails before
+it leaves no folder behind). Only then do the earlier run's checkpoints go (a
 resume from them would continue the old run on the new run's log) and its log start afresh; its exported
 model stays until the new run exports one. A run that fails before producing anything (bad data, a
 non-finite first loss, an interrupted start) leaves the earlier run exactly as it was.
@@ -35,15 +36,17 @@ _REPLACED = ".checkpoints.replaced-"
 _LISTED = 3
 
 
-def claim(folder: Path, name: str, *, overwrite: bool = False, is_main: bool = True) -> None:
-    """Refuse a folder a fresh run must not write into; mark a new (or --overwrite) one as a run's.
-
-    Every process checks (so that all of them stop alike); only the main one writes the marker."""
+def claim(folder: Path, *, overwrite: bool = False) -> None:
+    """Refuse a folder a fresh run must not write into. Every process checks, so that all of them stop alike;
+    nothing is written (take_over marks the folder as a run's when the run first produces something)."""
     problem = unreadable(folder)
     if problem:
         raise MtbertError(f"output_dir {folder}: is {problem}")
     if folder.exists() and not folder.is_dir():
         raise MtbertError(f"output_dir {folder}: exists and is not a folder")
+    existing = next((parent for parent in folder.absolute().parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():  # checked now: the folder is made at the first output
+        raise MtbertError(f"output_dir {folder}: cannot be made, {existing} is a file")
     try:
         entries = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     except OSError as error:
@@ -55,15 +58,15 @@ def claim(folder: Path, name: str, *, overwrite: bool = False, is_main: bool = T
                                                  else "")
         raise MtbertError(f"output_dir {folder}: holds files mtbert train did not write ({listed}); train into a "
                           f"new or empty folder, or pass --overwrite to replace the files a run writes there")
-    if is_main:
-        make_folder(folder)
-        write_text_atomically(folder / MARKER, json.dumps({"format": "mtbert-run", "mtbert_version": __version__,
-                                                           "recipe": name}, indent=2) + "\n")
 
 
-def take_over(folder: Path) -> None:
-    """A fresh run's first write: the earlier run's checkpoints go (moved aside in one rename, so that no
-    process ever sees half of them, then deleted), with what an interrupted take-over left."""
+def take_over(folder: Path, name: str) -> None:
+    """A fresh run's first write (main process): the folder is marked as this run's, and the earlier run's
+    checkpoints go (moved aside in one rename, so that no process ever sees half of them, then deleted),
+    with what an interrupted take-over left."""
+    make_folder(folder)
+    write_text_atomically(folder / MARKER, json.dumps({"format": "mtbert-run", "mtbert_version": __version__,
+                                                       "recipe": name}, indent=2) + "\n")
     checkpoints = folder / CHECKPOINTS
     if checkpoints.is_dir() and not checkpoints.is_symlink():
         aside = folder / f"{_REPLACED}{os.getpid()}"

@@ -182,7 +182,7 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     if resume:
         resume_from = find_checkpoint(resume, checkpoints, say=lambda line: accelerator.print(line, file=sys.stderr))
     if resume_from is None:
-        run_folder.claim(output, recipe.name, overwrite=overwrite, is_main=accelerator.is_main_process)
+        run_folder.claim(output, overwrite=overwrite)
     set_seed(recipe.seed)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
@@ -246,7 +246,7 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     log = RunLog(output / "train_log.jsonl", enabled=accelerator.is_main_process,
                  keep_bytes=progress.log_bytes if resume_from else None,
                  trackers=accelerator.log if recipe.tracking.trackers else None,
-                 before_first_write=lambda: begin_output(output, counts, fresh=resume_from is None))
+                 before_first_write=lambda: begin_output(output, recipe.name, counts, fresh=resume_from is None))
     zero_stage = run_info["launch"]["zero_stage"]
     guard = NonFiniteGuard(list(tasks), accelerator.device, distributed=accelerator.num_processes > 1)
     stop_vote = StopVote(accelerator.num_processes)
@@ -456,12 +456,12 @@ def format_scores(metrics: dict) -> str:
     return " | ".join(parts) + f" | overall {metrics['overall']:.4f}"
 
 
-def begin_output(output: Path, counts: dict, fresh: bool) -> None:
+def begin_output(output: Path, name: str, counts: dict, fresh: bool) -> None:
     """What a run does to its folder when it first produces something (not before: a run that fails early
     leaves an earlier run's folder as it was): a fresh run takes the folder over from an earlier run, then
     the parameter counts are written."""
     if fresh:
-        run_folder.take_over(output)
+        run_folder.take_over(output, name)
     files.write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")
 
 

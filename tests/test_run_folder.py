@@ -15,24 +15,22 @@ from mtbert.train import train
 from helpers import write_recipe
 
 
-def test_a_new_or_empty_folder_is_claimed_with_the_marker(tmp_path):
-    claim(tmp_path / "new" / "run", "quick")
+def test_claiming_writes_nothing_and_taking_over_marks_the_folder(tmp_path):
+    claim(tmp_path / "new" / "run")
+    assert not (tmp_path / "new").exists()  # a run that fails before its first output leaves no folder
+    take_over(tmp_path / "new" / "run", "quick")
     assert json.loads((tmp_path / "new" / "run" / MARKER).read_text())["recipe"] == "quick"
     (tmp_path / "empty").mkdir()
-    claim(tmp_path / "empty", "quick")
+    claim(tmp_path / "empty")
+    take_over(tmp_path / "empty", "quick")
     assert [p.name for p in (tmp_path / "empty").iterdir()] == [MARKER]
 
 
-def test_only_the_main_process_writes(tmp_path):
-    claim(tmp_path / "run", "quick", is_main=False)
-    assert not (tmp_path / "run").exists()
-
-
 def test_an_earlier_runs_folder_is_left_as_it_is(tmp_path):
-    claim(tmp_path, "first")
+    take_over(tmp_path, "first")
     (tmp_path / "train_log.jsonl").write_text('{"step": 1}\n')
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    claim(tmp_path, "second")
+    claim(tmp_path)
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
@@ -41,19 +39,20 @@ def test_a_folder_of_other_files_is_refused_naming_it_and_its_files(tmp_path):
         (tmp_path / name).write_text("mine\n")
     with pytest.raises(MtbertError, match=rf"output_dir {tmp_path}: holds files mtbert train did not write "
                                           r"\(data.csv, metrics.json, notes.md and 2 more\).*--overwrite"):
-        claim(tmp_path, "quick")
+        claim(tmp_path)
     assert not (tmp_path / MARKER).exists()
-    claim(tmp_path, "quick", overwrite=True)
+    claim(tmp_path, overwrite=True)
+    take_over(tmp_path, "quick")
     assert (tmp_path / MARKER).is_file() and (tmp_path / "recipe.yaml").read_text() == "mine\n"
 
 
 def test_a_file_or_a_loop_is_not_an_output_folder(tmp_path):
     (tmp_path / "file").write_text("mine\n")
     with pytest.raises(MtbertError, match="exists and is not a folder"):
-        claim(tmp_path / "file", "quick", overwrite=True)
+        claim(tmp_path / "file", overwrite=True)
     (tmp_path / "loop").symlink_to("loop")
     with pytest.raises(MtbertError, match="is a symlink loop"):
-        claim(tmp_path / "loop", "quick", overwrite=True)
+        claim(tmp_path / "loop", overwrite=True)
 
 
 def test_taking_over_removes_the_earlier_runs_checkpoints_only(tmp_path):
@@ -61,8 +60,8 @@ def test_taking_over_removes_the_earlier_runs_checkpoints_only(tmp_path):
     (tmp_path / "checkpoints" / "latest").write_text("step-4\n")
     (tmp_path / "model.safetensors").write_bytes(b"the earlier model")
     (tmp_path / ".checkpoints.replaced-123").mkdir()  # what an interrupted take-over left
-    take_over(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]
+    take_over(tmp_path, "quick")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MARKER, "model.safetensors"]
 
 
 # ---------------------------------------------------------------------------------------------
