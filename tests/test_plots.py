@@ -6,6 +6,7 @@ import pytest
 from matplotlib import image
 
 from mtbert import files, plots
+from mtbert.errors import MtbertError
 
 from helpers import png_size
 
@@ -102,6 +103,6 @@ def test_a_failed_render_leaves_the_previous_file(tmp_path, monkeypatch):
     path = plots.confusion_matrix(np.array([0, 1]), np.array([0, 1]), ["a", "b"], tmp_path / "c.png", title="t")
     before = path.read_bytes()
     monkeypatch.setattr(files.os, "replace", lambda *a: (_ for _ in ()).throw(OSError("disk full")))
-    with pytest.raises(OSError):
+    with pytest.raises(MtbertError, match=r"c.png: cannot write \(disk full\)"):
         plots.confusion_matrix(np.array([1, 1]), np.array([0, 0]), ["a", "b"], path, title="t")
     assert path.read_bytes() == before and no_temporary_files(tmp_path)

@@ -26,7 +26,8 @@ def test_cross_and_siamese_columns(cs224n_dir, tokenizer_dir):
     assert enc[0]["input_ids"].count(tok.sep_token_id) == 1
 
 
-def test_truncation_and_cache_reuse(cs224n_dir, tokenizer_dir):
+def test_truncation_and_cache_reuse(cs224n_dir, tokenizer_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBERT_CACHE", str(tmp_path / "own-cache"))  # the session's cache holds other tests' sst
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     task = resolve_task("sst", TaskConfig())
     data = read_split(task, "train", cs224n_dir)
