@@ -24,7 +24,14 @@ from safetensors.torch import load_file
 
 from mtbert.config import Recipe, parse_recipe
 from mtbert.errors import MtbertError
-from mtbert.files import WriteError, cannot_write, make_folder, write_tensors_atomically, write_text_atomically
+from mtbert.files import (
+    WriteError,
+    cannot_write,
+    json_text,
+    make_folder,
+    write_tensors_atomically,
+    write_text_atomically,
+)
 from mtbert.folders import looks_local, refuse_custom_code, require_folder, unreadable
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
@@ -275,7 +282,7 @@ def export_model(model: MultiTaskModel, tokenizer, folder: str | os.PathLike[str
     make_folder(folder)
     _remove_interrupted_tokenizer_saves(folder)
     config_json = json.dumps(model.config.to_dict(), indent=2)
-    metrics_json = json.dumps(metrics, indent=2)
+    metrics_json = json_text(metrics, indent=2)
     weights = model.state_dict() if state_dict is None else state_dict
     tensors = {key: value.detach().cpu().contiguous() for key, value in weights.items()}
     metadata = {"format": "pt", "mtbert_version": __version__, "mtbert_config": config_json,

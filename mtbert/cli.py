@@ -161,7 +161,7 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
     from mtbert.evaluation import evaluate_checkpoint, format_table
-    from mtbert.files import check_output_file, write_text_atomically
+    from mtbert.files import check_output_file, json_text, write_text_atomically
     from mtbert.report import write_report
 
     if output is not None:
@@ -178,7 +178,7 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
                    + (f" (replacing {len(report.replaced)} of an earlier report)" if report.replaced else ""))
     target = output or Path(ckpt) / f"eval-{split}.json"
     existed = target.exists()
-    write_text_atomically(target, json.dumps(results, indent=2) + "\n")
+    write_text_atomically(target, json_text(results, indent=2) + "\n")
     typer.echo(f"{_wrote(existed)} {target}")
 
 
@@ -269,7 +269,7 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
     """
     from mtbert.bench import format_report, run_bench
     from mtbert.config import load_recipe
-    from mtbert.files import write_text_atomically
+    from mtbert.files import json_text, write_text_atomically
 
     result = run_bench(load_recipe(recipe, list(overrides or []), data_dir=data_dir), steps=steps, warmup=warmup,
                        compare=compare, predict_limit=predict_examples, memory=memory, profile=profile,
@@ -281,7 +281,7 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
                                   *([f"--data-dir {data_dir}"] if data_dir else [])])
     typer.echo(format_report(result))
     if output is not None:
-        write_text_atomically(output, json.dumps(result, indent=2) + "\n")
+        write_text_atomically(output, json_text(result, indent=2) + "\n")
         typer.echo(f"wrote {output}", err=True)
 
 

@@ -360,7 +360,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     "Resumable checkpoints kept on disk: the newest ones; older ones are deleted."
     on_nonfinite: Literal["stop", "skip"] = "stop"
-    "A NaN or infinite loss: `stop` the run with a message naming task and step, or `skip` that optimizer step."
+    "A NaN or infinite loss or gradient: `stop` the run with a message naming task and step, or `skip` that step."
 
 
 @ranges(every_steps=AT_LEAST_0, batch_size=AT_LEAST_1, max_examples=AT_LEAST_1)

@@ -8,6 +8,8 @@ the path, and the file that was there before is left as it was: the rename is th
 from __future__ import annotations
 
 import errno
+import json
+import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -121,3 +123,24 @@ def _check_folders_above(path: Path, option: str, include_self: bool) -> None:
                 raise MtbertError(f"{option} {path}: exists and is not a folder" if candidate == path
                                   else f"{option} {path}: {candidate} is not a folder")
             return
+
+
+def json_text(data: object, indent: int | None = None) -> str:
+    """JSON that every reader accepts: NaN and infinity (a correlation of constant predictions, an overflowed
+    loss) are not JSON, so they are written as null; `score` reads them back as NaN."""
+    def finite(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(data), indent=indent, allow_nan=False)
+
+
+def score(value: float | None) -> float:
+    """A score read back from json_text: null (a non-finite score) is NaN."""
+    return math.nan if value is None else float(value)
+

@@ -26,7 +26,7 @@ import numpy as np
 from mtbert import checkpoint, plots
 from mtbert.errors import MtbertError
 from mtbert.evaluation import SplitPredictions, predict_tasks, score_predictions
-from mtbert.files import check_output_folder, write_text_atomically
+from mtbert.files import check_output_folder, score, write_text_atomically
 from mtbert.tasks import Task
 
 LOG_FILE = "train_log.jsonl"
@@ -168,7 +168,7 @@ def _markdown(run_dir: Path, loaded: checkpoint.LoadedModel, split: str, predict
              f"Model `{run_dir}` scored on the {split} split by mtbert {__version__}."]
     if exported_step is not None and "overall" in loaded.metrics:
         lines[-1] += (f" It is the model exported at training step {exported_step} (overall dev "
-                      f"{loaded.metrics['overall']:.4f} on the dev examples evaluated during training).")
+                      f"{score(loaded.metrics['overall']):.4f} on the dev examples evaluated during training).")
     lines += ["", f"## Scores ({split})", "", *table, "",
               f"A task's main score is the mean of its main metric(s) ({mains}); overall is the mean of the "
               f"main scores.", "", "## Training curves", ""]

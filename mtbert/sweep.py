@@ -29,7 +29,7 @@ from pathlib import Path
 from mtbert import yamlfile
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
-from mtbert.files import write_bytes_atomically
+from mtbert.files import json_text, score, write_bytes_atomically
 
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
@@ -209,10 +209,10 @@ def run_combination(recipe: Path, combo: Combination, overrides: list[str], fold
     else:
         result["status"] = "failed"
     if result["status"] == "ok":
-        write_bytes_atomically(folder / RESULT_FILE, json.dumps(result, indent=2).encode())
+        write_bytes_atomically(folder / RESULT_FILE, json_text(result, indent=2).encode())
     else:
         result["output_tail"] = _tail(folder / TRAIN_OUTPUT) + ([result["error"]] if "error" in result else [])
-        write_bytes_atomically(folder / FAILURE_FILE, json.dumps(result, indent=2).encode())
+        write_bytes_atomically(folder / FAILURE_FILE, json_text(result, indent=2).encode())
     return result
 
 
@@ -259,7 +259,7 @@ def measure(folder: Path) -> dict:
             "tokens_per_s": last["tokens_per_s"], "best_step": metrics.get("step"),
             "dev": {task: {k: v for k, v in scores.items() if k != "main"}
                     for task, scores in metrics.items() if isinstance(scores, dict)},
-            "overall": metrics["overall"]}
+            "overall": score(metrics["overall"])}
 
 
 def _tail(path: Path, lines: int = 15) -> list[str]:

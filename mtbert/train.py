@@ -255,6 +255,7 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     bar = tqdm(total=steps, initial=progress.step, desc="train", disable=not accelerator.is_local_main_process,
                dynamic_ncols=True)
     model.train()
+    saved = None
     with StopSignals() as signals:
         for step in range(progress.step, steps):
             stage = stage_at(stages, step)
@@ -317,7 +318,8 @@ def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
             save_due = done == steps or (recipe.train.checkpoint_every and done % recipe.train.checkpoint_every == 0)
             stop_signal = stop_vote.agree(signals.received)
             if log_due or eval_due or save_due or stop_signal:
-                guard.stop_if_found(latest_checkpoint(checkpoints))
+                # Only this run's checkpoints: an earlier run's in a folder not yet taken over are no way back.
+                guard.stop_if_found(latest_checkpoint(checkpoints) if resume_from or saved else None)
             if log_due:
                 means = losses.means()
                 elapsed = time.perf_counter() - started
@@ -501,7 +503,7 @@ class RunLog:
             self.start()
             try:
                 with self.path.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
+                    f.write(files.json_text(record) + "\n")
             except OSError as error:
                 raise files.cannot_write(self.path, error) from None
             if self.trackers is not None:

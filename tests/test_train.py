@@ -136,7 +136,15 @@ def test_the_run_exports_the_best_finite_evaluation(tmp_path, tokenizer_dir, mon
                          ["train.max_steps=6", "eval.every_steps=2"])
     best = train(recipe)
     assert best["step"] == exported
-    assert json.loads((tmp_path / "ckpt" / "metrics.json").read_text())["step"] == exported
+
+    def not_json(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    stored = json.loads((tmp_path / "ckpt" / "metrics.json").read_text(), parse_constant=not_json)
+    assert stored["step"] == exported
+    assert (stored["overall"] is None) == math.isnan(best["overall"])  # NaN is not JSON: written as null
+    for line in (tmp_path / "ckpt" / "train_log.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=not_json)
 
 
 # --- non-finite losses name the task that had one -------------------------------------------------
@@ -160,6 +168,14 @@ def test_a_non_finite_loss_is_blamed_on_its_own_task_and_step(tmp_path, tokenize
     with pytest.raises(MtbertError) as error:
         train(recipe)
     assert str(error.value).startswith(message)
+
+
+def test_a_fresh_run_never_points_back_to_an_earlier_runs_checkpoint(tmp_path, tokenizer_dir):
+    recipe = write_recipe(tmp_path, tokenizer_dir)
+    train(load_recipe(recipe, ["train.max_steps=2"]))  # an earlier run, with its checkpoint, in the same folder
+    with pytest.raises(MtbertError) as error:
+        train(load_recipe(recipe, ["train.max_steps=4", f"tasks.sst.loss_weight={HUGE}", "train.log_every=1"]))
+    assert "at step 1; training stopped, no checkpoint was saved before it" in str(error.value)
 
 
 def test_non_finite_gradients_of_finite_losses_are_named_as_such(tmp_path, tokenizer_dir, monkeypatch):
