@@ -316,7 +316,7 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
     """
-    from mtbert.exported import export_hf
+    from mtbert.commands.export import export_hf
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
     typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))

@@ -25,7 +25,7 @@ import yaml
 
 from mtbert import yamlfile
 from mtbert.errors import MtbertError
-from mtbert.model.sharing import SharingPlanError, parse_plan
+from mtbert.model.plan import SharingPlanError, parse_plan
 
 Kind = Literal["classes", "binary", "regression"]
 Format = Literal["cs224n", "glue", "csv", "tsv", "jsonl"]
@@ -839,7 +839,7 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
 
 
 def sharing_spec(sharing: str | SharingConfig) -> str | dict:
-    """The plan as plain data, what mtbert.model.sharing reads."""
+    """The plan as plain data, what mtbert.model.plan reads."""
     return sharing if isinstance(sharing, str) else dataclasses.asdict(sharing)
 
 

@@ -11,10 +11,11 @@ import torch
 import transformers
 from safetensors.torch import save_file
 
-import mtbert.exported
+import mtbert.pretrained
+from mtbert.commands.export import save_encoder
 from mtbert.errors import MtbertError
-from mtbert.exported import convert_hf_state_dict, load_encoder, save_encoder
 from mtbert.model.bert import BertConfig, BertModel
+from mtbert.pretrained import convert_hf_state_dict, load_encoder
 
 TINY = BertConfig(
     vocab_size=50,
@@ -102,7 +103,7 @@ def test_save_then_load_gives_the_same_outputs(tmp_path: Path):
         "config.json",
         "model.safetensors",
     ]
-    loaded = BertModel.from_pretrained(str(tmp_path / "saved"))
+    loaded = load_encoder(str(tmp_path / "saved"))
     assert loaded.config == TINY
     assert not loaded.training
     for actual, expected in zip(outputs_of(loaded), outputs_of(model), strict=True):
@@ -245,7 +246,7 @@ def test_unknown_hub_name_offline_is_a_readable_error(tmp_path: Path, monkeypatc
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(MtbertError, match="'bert-base-uncased' is neither a local folder nor"):
-        BertModel.from_pretrained("bert-base-uncased")
+        load_encoder("bert-base-uncased")
 
 
 def test_a_config_asking_for_code_is_refused_from_a_folder_or_the_hub(tmp_path: Path, monkeypatch):
@@ -255,7 +256,7 @@ def test_a_config_asking_for_code_is_refused_from_a_folder_or_the_hub(tmp_path: 
     with pytest.raises(MtbertError, match=r"config.json: asks for custom code \(auto_map"):
         load_encoder(tmp_path)
     # The same config.json downloaded from the hub (no folder to look into first) is refused too.
-    monkeypatch.setattr(mtbert.exported, "_hub_files",
+    monkeypatch.setattr(mtbert.pretrained, "_hub_files",
                         lambda name: (tmp_path / "config.json", tmp_path / "model.safetensors"))
     with pytest.raises(MtbertError, match=r"config.json: asks for custom code \(auto_map"):
         load_encoder("someone/custom-bert")
@@ -282,7 +283,7 @@ def test_all_minilm_l6_v2_matches_transformers():
     inputs = tokenizer(sentences, padding=True, return_tensors="pt")
     assert len(set(inputs["attention_mask"].sum(dim=1).tolist())) == 3
 
-    ours = BertModel.from_pretrained(path)
+    ours = load_encoder(path)
     theirs = transformers.BertModel.from_pretrained(path).eval()
     with torch.no_grad():
         actual = ours(**inputs)
@@ -312,5 +313,5 @@ def test_bin_needing_unpickling_loads_only_when_explicitly_allowed(tmp_path: Pat
     with pytest.raises(MtbertError, match="allow_pickle"):
         load_encoder(tmp_path)
     with pytest.warns(UserWarning, match="fully unpickled"):
-        loaded = BertModel.from_pretrained(str(tmp_path), allow_pickle=True)
+        loaded = load_encoder(str(tmp_path), allow_pickle=True)
     torch.testing.assert_close(outputs_of(loaded)[0], outputs_of(model)[0], atol=0, rtol=0)

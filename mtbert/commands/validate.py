@@ -9,7 +9,7 @@ from mtbert.config import Recipe, encoder_layer_count, sharing_spec
 from mtbert.data.loading import load_tokenizer
 from mtbert.data.reading import read_split, split_path
 from mtbert.errors import MtbertError
-from mtbert.model.sharing import resolve_plan
+from mtbert.model.plan import resolve_plan
 from mtbert.tasks import SPLITS, resolve_tasks
 
 

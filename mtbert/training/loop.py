@@ -43,7 +43,7 @@ from mtbert.model.accounting import format_counts, parameter_counts
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
-from mtbert.model.sharing import SharingPlanError
+from mtbert.model.plan import SharingPlanError
 from mtbert.objectives.contrastive import (
     TripletError,
     TripletStream,
@@ -54,6 +54,7 @@ from mtbert.objectives.contrastive import (
 )
 from mtbert.objectives.smart import BetaSchedule, MomentumTeacher, adversarial_loss, proximal_loss
 from mtbert.objectives.supervised import LOSSES
+from mtbert.pretrained import load_encoder
 from mtbert.tasks import Task, resolve_tasks
 from mtbert.training import faults, run_folder
 from mtbert.training.checkpoints import (
@@ -98,7 +99,7 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
                             pad_token_id=tokenizer.pad_token_id or 0)
         encoder = BertModel(config)
     else:
-        encoder = BertModel.from_pretrained(model_cfg.init, allow_pickle=model_cfg.allow_pickle)
+        encoder = load_encoder(model_cfg.init, allow_pickle=model_cfg.allow_pickle)
         if len(tokenizer) > encoder.config.vocab_size:
             raise MtbertError(f"model.tokenizer has {len(tokenizer)} tokens but the encoder {model_cfg.init} "
                               f"has only {encoder.config.vocab_size} word embeddings")

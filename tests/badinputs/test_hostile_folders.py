@@ -14,9 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from mtbert.commands.export import save_encoder
 from mtbert.config import load_recipe
 from mtbert.data.synthetic import save_tokenizer
-from mtbert.exported import save_encoder
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.training import faults
 from mtbert.training.loop import train

@@ -12,10 +12,11 @@ import transformers
 from typer.testing import CliRunner
 
 from mtbert.cli import app
+from mtbert.commands.export import EXPORT_MARKER, export_hf
 from mtbert.config import dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
 from mtbert.errors import MtbertError
-from mtbert.exported import EXPORT_MARKER, export_hf, export_model, load_model
+from mtbert.exported import export_model, load_model
 from mtbert.objectives.supervised import predictions
 from mtbert.tasks import resolve_tasks
 from mtbert.training.loop import build_model

@@ -8,11 +8,12 @@ import transformers
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from mtbert.commands.export import export_hf, save_encoder
 from mtbert.commands.validate import validate_recipe
 from mtbert.config import dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
 from mtbert.errors import MtbertError
-from mtbert.exported import export_hf, export_model, load_model, save_encoder
+from mtbert.exported import export_model, load_model
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.tasks import resolve_tasks
 from mtbert.training.loop import build_model, train
