@@ -132,7 +132,7 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
-    from mtbert.training.checkpoints import TrainingInterrupted
+    from mtbert.training.guards import TrainingInterrupted
     from mtbert.training.loop import train as run_training
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])

@@ -838,6 +838,11 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
             raise err((*path, "smart"), f"SMART regularises supervised outputs; the {stage.objective} stage has none")
 
 
+def stage_configs(recipe: Recipe) -> list[StageConfig]:
+    """The recipe's stages, or the one stage a recipe without `stages:` describes."""
+    return recipe.stages or [StageConfig()]
+
+
 def sharing_spec(sharing: str | SharingConfig) -> str | dict:
     """The plan as plain data, what mtbert.model.plan reads."""
     return sharing if isinstance(sharing, str) else dataclasses.asdict(sharing)

@@ -11,7 +11,7 @@ from mtbert.data.synthetic import save_tokenizer
 from mtbert.errors import MtbertError
 from mtbert.exported import export_model, load_model
 from mtbert.tasks import resolve_tasks
-from mtbert.training.loop import build_model
+from mtbert.training.setup import build_model
 
 from conftest import WORDS
 from helpers import write_recipe

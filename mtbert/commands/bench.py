@@ -108,7 +108,7 @@ def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor
 def build_optimizer_for(side: str, model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """mtbert: the optimizer train.py builds. transformers: torch AdamW as transformers' Trainer makes it by
     default (fused with torch >= 2.8), with the same hyperparameters and weight-decay groups."""
-    from mtbert.training.loop import optimizer_groups
+    from mtbert.training.setup import optimizer_groups
 
     groups = optimizer_groups(model, recipe.train.weight_decay)
     hyper = {"lr": recipe.train.lr, "betas": recipe.train.betas, "eps": recipe.train.eps}
@@ -422,7 +422,7 @@ def _memory_child(job: dict) -> dict:
     import datasets
     from safetensors.torch import load_file
 
-    from mtbert.training.loop import load_run_data
+    from mtbert.training.setup import load_run_data
 
     recipe, side, phase = job["recipe"], job["side"], job["phase"]
     torch.set_num_threads(job["threads"])
@@ -499,7 +499,7 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     from accelerate.utils import set_seed
     from safetensors.torch import save_file
 
-    from mtbert.training.loop import build_model, load_run_data
+    from mtbert.training.setup import build_model, load_run_data
 
     if steps < 1 or warmup < 0 or predict_limit < 1:
         raise MtbertError("--steps and --predict-examples must be at least 1, --warmup at least 0")

@@ -1,9 +1,19 @@
-"""Supervised losses by task kind, and the matching turn of model outputs into predictions."""
+"""The supervised objective: each task's own loss, by its kind, times its loss_weight. Also the matching
+turn of model outputs into predictions.
+
+| kind | loss (`LOSSES`) | outputs (B, ...) | labels (B,) |
+|---|---|---|---|
+| classes | cross_entropy | logits (B, C) | class index |
+| binary | bce_with_logits | one logit (B,) | 0 or 1 |
+| regression | mse | score (B,) | score |
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from mtbert.objectives.base import Objective, StageLike, TaskLoss, TrainingModel
 
 
 def cross_entropy(outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -31,3 +41,27 @@ def predictions(kind: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.T
         p = outputs.sigmoid()
         return (p > 0.5).long(), torch.stack([1 - p, p], dim=-1)
     return outputs, None
+
+
+class Supervised(Objective):
+    """Each task's loss (`LOSSES[task.loss]`) on its outputs and labels, plus `regulariser` (none here),
+    times the task's loss_weight."""
+
+    def __init__(self, context, stages):
+        super().__init__(context, stages)
+        self.tasks = context.tasks
+
+    def loss(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], *, stage: StageLike,
+             step: int) -> TaskLoss:
+        outputs = model(task, batch)  # (B, C) or (B,)
+        task_loss = LOSSES[self.tasks[task].loss](outputs, batch["labels"])
+        regulariser = self.regulariser(model, task, batch, outputs, stage)
+        return TaskLoss(self.tasks[task].loss_weight * (task_loss + regulariser), task_loss)
+
+    def regulariser(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], outputs: torch.Tensor,
+                    stage: StageLike) -> torch.Tensor | float:
+        """What a subclass adds to the task's loss before its weight (SMART's terms)."""
+        return 0.0
+
+    def describe(self, stage: StageLike) -> str:
+        return "supervised"

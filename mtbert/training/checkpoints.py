@@ -1,10 +1,10 @@
-"""Resumable training state: what a checkpoint folder holds, and how it is written and read back.
+"""Resumable checkpoints: what a checkpoint folder holds, and how it is written and read back.
 
 A run's resumable state is a set of named parts (model, optimizer, scheduler, task streams, progress,
-random states, ...), each an object with `state_dict()` and `load_state_dict()`. Later features add
-their own part with `TrainingState.add` (a training stage, an objective's state) and it is saved and
-restored with the rest. Parts that differ between processes (random states, a DeepSpeed ZeRO shard)
-are stored once per process; the others once, by the main process.
+random states, an objective's state, ...), each an object with `state_dict()` and `load_state_dict()`
+(mtbert/training/state.py gathers them; a part's name is what the folder stores it under). Parts that
+differ between processes (random states, a DeepSpeed ZeRO shard) are stored once per process; the others
+once, by the main process.
 
 Every part is stored as JSON (numbers, strings, lists, maps) beside a safetensors file of its tensors:
 nothing is pickled, so nothing is ever unpickled.
@@ -36,15 +36,12 @@ import hashlib
 import json
 import math
 import os
-import random
 import re
 import shutil
-import signal
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -180,91 +177,78 @@ class _TensorStore:
 
 
 # ---------------------------------------------------------------------------------------------
-# The state of a run, and checkpoint folders
+# Checkpoint folders
 
 
-@dataclass
-class _Part:
+class Part(NamedTuple):
+    """One named part of a run's state, as a checkpoint stores it."""
+
     obj: Stateful
     per_process: bool
+    "Every process saves and restores its own copy (random states, a ZeRO shard); else the main process's."
 
 
-class TrainingState:
-    """The named parts a checkpoint saves and a resume restores, in the order they were added.
+def check_part_name(name: str) -> None:
+    if not _PART_NAME.match(name):
+        raise ValueError(f"training state part name {name!r}: use lowercase letters, digits and _")
 
-    Restoring follows that order, so add the random states last: whatever else is restored must not
-    draw random numbers after them.
-    """
 
-    def __init__(self) -> None:
-        self.parts: dict[str, _Part] = {}
-
-    def add(self, name: str, obj: Stateful, *, per_process: bool = False) -> None:
-        """Track `obj` (anything with state_dict/load_state_dict) under `name`.
-
-        per_process: every process saves and restores its own copy (random states, sharded optimizer
-        state); otherwise the main process's copy stands for all of them.
-        """
-        if not _PART_NAME.match(name):
-            raise ValueError(f"training state part name {name!r}: use lowercase letters, digits and _")
-        if name in self.parts:
-            raise ValueError(f"training state part {name!r} is already tracked")
-        self.parts[name] = _Part(obj, per_process)
-
-    def save(self, root: str | os.PathLike[str], step: int, processes: Processes, info: dict) -> Path:
-        """Write checkpoint `root/step-<step>` (every process must call this), update `latest`, and
-        return the folder. `info` is stored in the manifest (the run's recipe and launch, for checks)."""
-        root = Path(root)
-        final, staging = root / f"step-{step}", root / f".step-{step}.tmp"
-        if processes.is_main:
+def save_checkpoint(root: str | os.PathLike[str], step: int, parts: dict[str, Part], processes: Processes,
+                    info: dict) -> Path:
+    """Write checkpoint `root/step-<step>` (every process must call this), update `latest`, and
+    return the folder. `info` is stored in the manifest (the run's recipe and launch, for checks)."""
+    root = Path(root)
+    final, staging = root / f"step-{step}", root / f".step-{step}.tmp"
+    if processes.is_main:
+        with _writing(final, staging):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+    processes.barrier()
+    if not staging.is_dir():
+        raise MtbertError(f"{staging}: process {processes.index} cannot see the folder the main process "
+                          f"created; output_dir must be on storage that every process (every machine) shares")
+    for name, part in parts.items():
+        # Every process asks every part for its state: under ZeRO that may be a collective.
+        state = part.obj.state_dict()
+        if part.per_process or processes.is_main:
             with _writing(final, staging):
-                shutil.rmtree(staging, ignore_errors=True)
-                staging.mkdir(parents=True)
-        processes.barrier()
-        if not staging.is_dir():
-            raise MtbertError(f"{staging}: process {processes.index} cannot see the folder the main process "
-                              f"created; output_dir must be on storage that every process (every machine) shares")
-        for name, part in self.parts.items():
-            # Every process asks every part for its state: under ZeRO that may be a collective.
-            state = part.obj.state_dict()
-            if part.per_process or processes.is_main:
-                with _writing(final, staging):
-                    _write_part(staging, _file_stem(name, part.per_process, processes.index), name, state)
-        faults.during_save(step)
-        processes.barrier()
-        if processes.is_main:
-            with _writing(final, staging):
-                manifest = {"format": FORMAT, "version": VERSION, "mtbert_version": __version__, "step": step,
-                            "num_processes": processes.count,
-                            "parts": {name: {"per_process": part.per_process} for name, part in self.parts.items()},
-                            "info": info,
-                            # Last, over every other file (every process's): what a resume verifies.
-                            "files": {path.name: _file_record(path) for path in sorted(staging.iterdir())}}
-                _write_json(staging / MANIFEST, manifest)
-                _fsync_folder(staging)
-                _replace_folder(staging, final)
-                _write_latest(root, final.name)
-        processes.barrier()
-        return final
+                _write_part(staging, _file_stem(name, part.per_process, processes.index), name, state)
+    faults.during_save(step)
+    processes.barrier()
+    if processes.is_main:
+        with _writing(final, staging):
+            manifest = {"format": FORMAT, "version": VERSION, "mtbert_version": __version__, "step": step,
+                        "num_processes": processes.count,
+                        "parts": {name: {"per_process": part.per_process} for name, part in parts.items()},
+                        "info": info,
+                        # Last, over every other file (every process's): what a resume verifies.
+                        "files": {path.name: _file_record(path) for path in sorted(staging.iterdir())}}
+            _write_json(staging / MANIFEST, manifest)
+            _fsync_folder(staging)
+            _replace_folder(staging, final)
+            _write_latest(root, final.name)
+    processes.barrier()
+    return final
 
-    def load(self, folder: str | os.PathLike[str], processes: Processes) -> dict:
-        """Restore every part from checkpoint `folder`; return its manifest."""
-        folder = Path(folder)
-        manifest = read_manifest(folder)
-        saved = manifest["parts"]
-        missing = [name for name in self.parts if name not in saved]
-        extra = [name for name in saved if name not in self.parts]
-        if missing or extra:
-            raise MtbertError(f"{folder}: the checkpoint's state does not match this run: "
-                              + "; ".join(([f"it lacks {', '.join(missing)}"] if missing else [])
-                                          + ([f"it has {', '.join(extra)}, which this run does not use"]
-                                             if extra else [])))
-        if any(part.per_process for part in self.parts.values()) and manifest["num_processes"] != processes.count:
-            raise MtbertError(f"{folder}: written by {manifest['num_processes']} process(es), but this run has "
-                              f"{processes.count}; resume with the same launch configuration")
-        for name, part in self.parts.items():
-            part.obj.load_state_dict(_read_part(folder, _file_stem(name, part.per_process, processes.index)))
-        return manifest
+
+def load_checkpoint(folder: str | os.PathLike[str], parts: dict[str, Part], processes: Processes) -> dict:
+    """Restore every part, in order, from checkpoint `folder`; return its manifest."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    saved = manifest["parts"]
+    missing = [name for name in parts if name not in saved]
+    extra = [name for name in saved if name not in parts]
+    if missing or extra:
+        raise MtbertError(f"{folder}: the checkpoint's state does not match this run: "
+                          + "; ".join(([f"it lacks {', '.join(missing)}"] if missing else [])
+                                      + ([f"it has {', '.join(extra)}, which this run does not use"]
+                                         if extra else [])))
+    if any(part.per_process for part in parts.values()) and manifest["num_processes"] != processes.count:
+        raise MtbertError(f"{folder}: written by {manifest['num_processes']} process(es), but this run has "
+                          f"{processes.count}; resume with the same launch configuration")
+    for name, part in parts.items():
+        part.obj.load_state_dict(_read_part(folder, _file_stem(name, part.per_process, processes.index)))
+    return manifest
 
 
 def _file_stem(name: str, per_process: bool, index: int) -> str:
@@ -543,154 +527,3 @@ def _named_by_latest(root: Path) -> Path | None:
     except (OSError, UnicodeDecodeError):
         return None
     return root / name if _STEP_FOLDER.match(name) else None
-
-
-# ---------------------------------------------------------------------------------------------
-# What may change between a run and its resume
-
-
-RESUME_MAY_CHANGE = frozenset({
-    "output_dir", "data_dir", "train.log_every", "train.checkpoint_every", "train.keep_checkpoints",
-    "train.on_nonfinite", "eval.batch_size",
-})
-"Recipe keys that do not change what is trained: a resume may give them new values."
-
-
-def first_difference(saved: Any, current: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """(dotted key, saved value, current value) of the first difference that matters, or None."""
-    if path in RESUME_MAY_CHANGE:
-        return None
-    if isinstance(saved, dict) and isinstance(current, dict):
-        for key in list(saved) + [k for k in current if k not in saved]:
-            found = first_difference(saved.get(key), current.get(key), f"{path}.{key}" if path else str(key))
-            if found:
-                return found
-        return None
-    return None if saved == current else (path, saved, current)
-
-
-# ---------------------------------------------------------------------------------------------
-# Standard parts
-
-
-class RandomState:
-    """This process's random number generators: Python's, NumPy's global one, torch's CPU and CUDA ones."""
-
-    def state_dict(self) -> dict:
-        state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            state["cuda"] = torch.cuda.get_rng_state_all()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        random.setstate(state["python"])
-        np.random.set_state(state["numpy"])
-        torch.set_rng_state(state["torch"])
-        if "cuda" in state:
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-class ZeroOptimizerState:
-    """This process's shard of a DeepSpeed ZeRO optimizer (fp32 master weights and optimizer moments),
-    plus the engine's step counters, stored without pickle.
-
-    DeepSpeed's own save_checkpoint writes the same state with torch.save; here its state_dict is taken
-    apart into plain data: the loss scaler object becomes its numeric fields (restored into the engine's
-    own scaler) and the parameter-slice map, only used by DeepSpeed's universal checkpoints, is dropped.
-    Loading puts each process's shard back into the same place, so a resume needs the same number of
-    processes and the same ZeRO stage (the run checks both before loading).
-    """
-
-    _ENGINE_COUNTERS = ("global_steps", "global_samples", "micro_steps", "skipped_steps")
-
-    def __init__(self, engine, process_index: int, num_processes: int):
-        self.engine, self.process_index, self.num_processes = engine, process_index, num_processes
-
-    def state_dict(self) -> dict:
-        with self._checkpoint_event():
-            optimizer_state = dict(self.engine.optimizer.state_dict())
-        scaler = optimizer_state.pop("loss_scaler")
-        optimizer_state.pop("param_slice_mappings", None)
-        return {"optimizer": optimizer_state, "loss_scaler": _plain_fields(scaler),
-                "engine": {name: getattr(self.engine, name) for name in self._ENGINE_COUNTERS}}
-
-    def load_state_dict(self, state: dict) -> None:
-        optimizer = self.engine.optimizer
-        for name, value in state["loss_scaler"].items():
-            current = getattr(optimizer.loss_scaler, name, None)
-            if isinstance(current, torch.Tensor):
-                current.copy_(value)
-            elif hasattr(optimizer.loss_scaler, name):
-                setattr(optimizer.loss_scaler, name, value)
-        shard = dict(state["optimizer"], loss_scaler=optimizer.loss_scaler)
-        shards = [None] * self.num_processes
-        shards[self.process_index] = shard
-        with self._checkpoint_event():
-            optimizer.load_state_dict(shards, load_optimizer_states=True, load_from_fp32_weights=True)
-        for name, value in state["engine"].items():
-            setattr(self.engine, name, value)
-
-    @contextlib.contextmanager
-    def _checkpoint_event(self):
-        """What DeepSpeed's engine does around its own checkpoint save and load: under ZeRO-3, partition
-        every parameter first and afterwards gather again the small ones kept whole on every process."""
-        optimizer = self.engine.optimizer
-        if hasattr(optimizer, "checkpoint_event_prologue"):
-            optimizer.checkpoint_event_prologue()
-        yield
-        if hasattr(optimizer, "checkpoint_event_epilogue"):
-            optimizer.checkpoint_event_epilogue()
-
-
-def _plain_fields(obj: Any) -> dict:
-    """The attributes of `obj` that are plain numbers, strings, dtypes or tensors (a loss scaler's state)."""
-    return {name: value for name, value in vars(obj).items()
-            if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.Tensor))}
-
-
-# ---------------------------------------------------------------------------------------------
-# Stopping on a signal
-
-
-class TrainingInterrupted(Exception):
-    """The run stopped on SIGTERM or SIGINT after saving a resumable checkpoint."""
-
-    def __init__(self, signum: int, step: int, checkpoint: Path):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        name = signal.Signals(signum).name
-        super().__init__(f"stopped by {name} after step {step}; resumable checkpoint {checkpoint} "
-                         f"(continue with: mtbert train RECIPE --resume latest)")
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + self.signum  # the shell's convention for "ended by signal N"
-
-
-class StopSignals:
-    """While active, SIGTERM and SIGINT do not kill the process: they ask the loop to stop at the end of
-    the current step (it then saves a checkpoint). A second SIGINT interrupts at once.
-
-    Signal handlers can only be set from the main thread; elsewhere this does nothing.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self) -> None:
-        self.received: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
-            for signum in self.SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous.clear()
-
-    def _handle(self, signum: int, frame) -> None:
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = self.received or signum

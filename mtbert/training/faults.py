@@ -16,8 +16,6 @@ from __future__ import annotations
 import os
 import signal
 
-import torch
-
 ENV = "MTBERT_TEST_FAULT"
 KINDS = ("kill_after_step", "kill_during_save", "sigterm_after_step", "nan_loss_at_step")
 
@@ -50,5 +48,10 @@ def during_save(step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def loss(step: int, value: torch.Tensor) -> torch.Tensor:
-    return value * float("nan") if _faults.get("nan_loss_at_step") == step else value
+def loss(step: int, value):
+    """`value` (a tensor, or a tuple of them such as an objective's TaskLoss) times NaN at the chosen step."""
+    if _faults.get("nan_loss_at_step") != step:
+        return value
+    if isinstance(value, tuple):
+        return type(value)(*(v * float("nan") for v in value))
+    return value * float("nan")

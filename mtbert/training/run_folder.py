@@ -77,3 +77,15 @@ def take_over(folder: Path, name: str) -> None:
                               f"({error.strerror})") from None
     for leftover in folder.glob(f"{_REPLACED}*"):
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+PARAMETERS_FILE = "parameters.json"
+
+
+def begin_output(output: Path, name: str, counts: dict, fresh: bool) -> None:
+    """What a run does to its folder when it first produces something (not before: a run that fails early
+    leaves an earlier run's folder as it was): a fresh run takes the folder over from an earlier run, then
+    the parameter counts are written."""
+    if fresh:
+        take_over(output, name)
+    write_text_atomically(output / PARAMETERS_FILE, json.dumps(counts, indent=2) + "\n")

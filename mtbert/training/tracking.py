@@ -1,18 +1,19 @@
-"""What a run reports to experiment trackers: the JSONL log's records as flat scalars, and the recipe as
-hyper-parameters.
+"""What a run reports: the JSONL log every run writes (RunLog) and, for experiment trackers, its records as
+flat scalars and the recipe as hyper-parameters.
 
-Every run writes `train_log.jsonl` (train.RunLog). When the recipe names trackers (`tracking.trackers`),
-the same records go, flattened, to each of them through Accelerate: one call writes both, so the
-trackers never see anything the JSONL log lacks. This module only shapes values and checks that the
-trackers' packages are installed; starting and feeding the trackers is the train loop's business.
+When the recipe names trackers (`tracking.trackers`), the log's records go, flattened, to each of them
+through Accelerate: one call writes both, so the trackers never see anything the JSONL log lacks. The
+trackers' packages are checked here; starting the trackers is the run's set-up (setup.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.util
+from collections.abc import Callable
 from pathlib import Path
 
+from mtbert import files
 from mtbert.config import Recipe
 from mtbert.errors import MtbertError
 
@@ -82,3 +83,52 @@ def hyperparameters(recipe: Recipe) -> dict[str, str | int | float | bool]:
 
     walk(dataclasses.asdict(recipe), "")
     return out
+
+
+class RunLog:
+    """The JSONL log every run writes: one record per logging step and per evaluation. With `trackers`
+    (accelerator.log), each record also goes to the recipe's trackers, flattened.
+
+    The file is opened at the first record, or when its size is first asked (right before a checkpoint
+    is saved), not before; `before_first_write` runs then, once. keep_bytes: resuming, keep the log as
+    it was at the checkpoint (what came after is written again); otherwise the log starts empty.
+    A write that fails (a full disk) is an MtbertError naming the file."""
+
+    def __init__(self, path: Path, enabled: bool, keep_bytes: int | None = None, trackers=None,
+                 before_first_write: Callable[[], None] | None = None):
+        self.path, self.enabled, self.trackers = path, enabled, trackers
+        self.keep_bytes, self.before_first_write = keep_bytes, before_first_write
+        self.started = False
+
+    def start(self) -> None:
+        if self.started or not self.enabled:
+            return
+        if self.before_first_write is not None:
+            self.before_first_write()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.keep_bytes is None or not self.path.is_file():
+                self.path.write_text("")
+            else:
+                with self.path.open("r+b") as f:
+                    f.truncate(self.keep_bytes)
+        except OSError as error:
+            raise files.cannot_write(self.path, error) from None
+        self.started = True
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            self.start()
+            try:
+                with self.path.open("a") as f:
+                    f.write(files.json_text(record) + "\n")
+            except OSError as error:
+                raise files.cannot_write(self.path, error) from None
+            if self.trackers is not None:
+                self.trackers(tracker_values(record), step=record["step"])
+
+    def size(self) -> int:
+        if not self.enabled:
+            return 0
+        self.start()
+        return self.path.stat().st_size

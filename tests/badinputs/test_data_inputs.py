@@ -22,7 +22,7 @@ from mtbert.config import dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
 from mtbert.exported import export_model
 from mtbert.tasks import resolve_tasks
-from mtbert.training.loop import build_model
+from mtbert.training.setup import build_model
 
 from badinput import fails_cleanly
 from helpers import write_recipe

@@ -19,7 +19,7 @@ from mtbert.commands.flops import encoder_forward_flops
 from mtbert.config import load_recipe
 from mtbert.data.streams import TaskStream
 from mtbert.model.bert import BertConfig
-from mtbert.training.loop import build_model, load_run_data
+from mtbert.training.setup import build_model, load_run_data
 
 from helpers import write_recipe
 

@@ -19,7 +19,7 @@ from mtbert.errors import MtbertError
 from mtbert.exported import export_model, load_model
 from mtbert.objectives.supervised import predictions
 from mtbert.tasks import resolve_tasks
-from mtbert.training.loop import build_model
+from mtbert.training.setup import build_model
 
 from helpers import write_recipe
 

@@ -15,7 +15,7 @@ from mtbert.data.reading import SplitData
 from mtbert.errors import MtbertError
 from mtbert.exported import export_model
 from mtbert.tasks import resolve_task, resolve_tasks
-from mtbert.training.loop import build_model
+from mtbert.training.setup import build_model
 
 from conftest import sentence
 from helpers import write_recipe

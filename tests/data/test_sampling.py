@@ -74,7 +74,7 @@ def planned_stage(**train):
                            "tasks": {name: {} for name in SIZES}, "sampling": {"strategy": "annealed"},
                            "train": train})
     streams = {n: SimpleNamespace(pass_size=SIZES[n], batches_per_pass=BATCHES[n]) for n in SIZES}
-    (stage,) = plan_stages(recipe, streams, {}, recipe.train.grad_accum)
+    (stage,) = plan_stages(recipe, [SimpleNamespace(streams=streams)], recipe.train.grad_accum)  # its objective
     return stage
 
 

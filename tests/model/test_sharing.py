@@ -133,7 +133,7 @@ def test_frozen_plan_leaves_only_poolers_and_heads_trainable():
 
 
 def test_frozen_parts_stay_out_of_the_optimizer():
-    from mtbert.training.loop import optimizer_groups
+    from mtbert.training.setup import optimizer_groups
 
     model = build("F2-I1")
     optimized = {id(p) for group in optimizer_groups(model, 0.01) for p in group["params"]}

@@ -7,11 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtbert.data.triplets import TaskSentences, TripletError, TripletStream, build_triplets
 from mtbert.objectives.contrastive import (
-    TaskSentences,
-    TripletError,
-    TripletStream,
-    build_triplets,
     contrastive_loss,
     lse_hinge_loss,
     lse_smooth_loss,

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from mtbert.config import SmartConfig
 from mtbert.model.bert import BertConfig
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.objectives.smart import (
@@ -24,8 +25,13 @@ ENCODER = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_att
                      attention_probs_dropout_prob=0.0)
 TASKS = {"cls": TaskHeadSpec(kind="classes", num_outputs=3), "bin": TaskHeadSpec(kind="binary", num_outputs=1),
          "reg": TaskHeadSpec(kind="regression", num_outputs=1, encoding="siamese", pooler="mean")}
+def smart_settings(**values) -> SmartSettings:
+    """The recipe's default settings (config.SmartConfig: the paper's), with `values` instead."""
+    return dataclasses.replace(SmartSettings.of(SmartConfig()), **values)
+
+
 # Large enough a ball that the term is far from float rounding on a tiny random model.
-STRONG = SmartSettings(epsilon=1e-1, sigma=1e-2, step_size=1.0, steps=2, dropout_off=True)
+STRONG = smart_settings(epsilon=1e-1, sigma=1e-2, step_size=1.0, steps=2, dropout_off=True)
 
 
 def model(unpad: bool = False) -> MultiTaskModel:
@@ -63,7 +69,7 @@ def test_adversarial_term_is_positive_and_zero_for_a_constant_model(task, unpad)
 @pytest.mark.parametrize("norm", ["inf", "l2"])
 def test_the_perturbation_stays_in_the_ball_and_off_padding(norm):
     m, b = model(), batch()
-    settings = SmartSettings(epsilon=1e-3, sigma=1e-2, step_size=1.0, norm=norm)
+    settings = smart_settings(epsilon=1e-3, sigma=1e-2, step_size=1.0, norm=norm)
     embedded = m.embed("cls", b)
     noise = adversarial_noise(m, "cls", "classes", embedded, m("cls", b), settings)
     assert not noise.requires_grad and noise.grad_fn is None
@@ -80,7 +86,7 @@ def test_the_perturbation_ascends_the_divergence():
     torch.manual_seed(1)  # a random corner of the same ball
     start = torch.randn_like(embedded.hidden).sign() * 1e-3 * b["attention_mask"].unsqueeze(-1)
     ascended = adversarial_noise(m, "cls", "classes", embedded, clean,
-                                 SmartSettings(epsilon=1e-3, sigma=1e-3, step_size=1e-2, steps=3))
+                                 smart_settings(epsilon=1e-3, sigma=1e-3, step_size=1e-2, steps=3))
     at = [divergence("classes", m("cls", embedded=embedded.perturbed(n)), clean).item() for n in (start, ascended)]
     assert at[1] > 2 * at[0]  # the same size of noise, chosen by gradient, moves the outputs more
 
@@ -99,7 +105,7 @@ def test_its_gradient_reaches_the_parameters_and_not_the_noise():
         assert param.grad is not None and param.grad.abs().sum() > 0
     # Through adversarial_loss (training outputs reused, dropout on) the same holds.
     m.zero_grad(set_to_none=True)
-    adversarial_loss(m, "cls", "classes", b, m("cls", b), SmartSettings(epsilon=1e-2, sigma=1e-3)).backward()
+    adversarial_loss(m, "cls", "classes", b, m("cls", b), smart_settings(epsilon=1e-2, sigma=1e-3)).backward()
     assert m.heads["cls"][-1].weight.grad.abs().sum() > 0
 
 
@@ -110,7 +116,7 @@ def test_dropout_off_computes_in_eval_mode_and_restores_training():
     with torch.no_grad():
         m.heads["cls"][-1].weight.zero_()
     # Constant model: zero with dropout off; with dropout on, the clean training outputs reused are constant too.
-    assert adversarial_loss(m, "cls", "classes", batch(), None, SmartSettings(dropout_off=True)).item() == 0.0
+    assert adversarial_loss(m, "cls", "classes", batch(), None, smart_settings(dropout_off=True)).item() == 0.0
     assert m.training
 
 

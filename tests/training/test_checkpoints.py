@@ -17,19 +17,16 @@ import mtbert.training.checkpoints
 from mtbert.errors import MtbertError
 from mtbert.training.checkpoints import (
     Processes,
-    RandomState,
-    StopSignals,
-    TrainingInterrupted,
-    TrainingState,
     complete_checkpoints,
     decode,
     encode,
     find_checkpoint,
-    first_difference,
     latest_checkpoint,
     prune,
     verify,
 )
+from mtbert.training.guards import StopSignals, TrainingInterrupted
+from mtbert.training.state import RandomState, TrainingState, first_difference
 
 
 class Box:

@@ -12,7 +12,9 @@ from mtbert.errors import MtbertError
 from mtbert.objectives.supervised import LOSSES
 from mtbert.training import faults
 from mtbert.training import loop as train_module
-from mtbert.training.loop import NonFiniteGuard, optimizer_groups, replaces_best, train
+from mtbert.training.guards import NonFiniteGuard
+from mtbert.training.loop import replaces_best, train
+from mtbert.training.setup import optimizer_groups
 
 from helpers import write_recipe
 

@@ -7,8 +7,9 @@ from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
 from mtbert.model.bert import BertConfig
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
-from mtbert.training.loop import optimizer_groups, train
+from mtbert.training.loop import train
 from mtbert.training.optim import OPTIMIZERS, AdamW, build_optimizer
+from mtbert.training.setup import optimizer_groups
 
 from helpers import write_recipe
 

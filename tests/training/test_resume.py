@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
 from mtbert.training import faults
-from mtbert.training.checkpoints import TrainingInterrupted, complete_checkpoints, latest_checkpoint
+from mtbert.training.checkpoints import complete_checkpoints, latest_checkpoint
+from mtbert.training.guards import TrainingInterrupted
 from mtbert.training.loop import train
 
 from helpers import write_recipe

@@ -16,7 +16,8 @@ from mtbert.errors import MtbertError
 from mtbert.exported import export_model, load_model
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.tasks import resolve_tasks
-from mtbert.training.loop import build_model, train
+from mtbert.training.loop import train
+from mtbert.training.setup import build_model
 
 from helpers import write_recipe
 
