@@ -14,27 +14,31 @@ import platform
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mtbert import speed
 from mtbert.commands.flops import TRAINING_MULTIPLIER, encoder_forward_flops, measure_matmul_peak, sequence_lengths
-from mtbert.config import Recipe
+from mtbert.config import Recipe, load_recipe
 from mtbert.data.collate import collate
 from mtbert.data.length_grouping import example_lengths, group_by_length
 from mtbert.data.sampling import TaskSampler, run_progress, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
+from mtbert.files import json_text, write_text_atomically
 from mtbert.inference import TaskPredictions, eval_loader, run_inference
 from mtbert.model.bert import BertModelOutput
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
 from mtbert.objectives.supervised import LOSSES, predictions
 from mtbert.tasks import Task
 from mtbert.training.optim import build_optimizer
+from mtbert.training.setup import build_model, load_run_data, optimizer_groups
 
 METHOD = """\
 - Training: the recipe's task sampling draws the tasks of each step, and its plain (not length-grouped)
@@ -106,10 +110,8 @@ def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor
 
 
 def build_optimizer_for(side: str, model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    """mtbert: the optimizer train.py builds. transformers: torch AdamW as transformers' Trainer makes it by
-    default (fused with torch >= 2.8), with the same hyperparameters and weight-decay groups."""
-    from mtbert.training.setup import optimizer_groups
-
+    """mtbert: the optimizer training builds (training/setup.py). transformers: torch AdamW as transformers'
+    Trainer makes it by default (fused with torch >= 2.8), with the same hyperparameters and weight-decay groups."""
     groups = optimizer_groups(model, recipe.train.weight_decay)
     hyper = {"lr": recipe.train.lr, "betas": recipe.train.betas, "eps": recipe.train.eps}
     if side == "mtbert":
@@ -137,7 +139,7 @@ Plan = list[list[tuple[str, list[int]]]]
 
 def training_plan(recipe: Recipe, data, steps: int) -> Plan:
     """The tasks the recipe's sampler draws for the first `steps` steps, and the examples of each batch from
-    the plain (randomly ordered, not length-grouped) streams train.py would build."""
+    the plain (randomly ordered, not length-grouped) streams training would build."""
     streams = {name: TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=0,
                                 max_examples=task.max_train_examples, class_balanced=task.class_balanced)
                for i, (name, task) in enumerate(data.tasks.items())}
@@ -247,7 +249,7 @@ def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, step: list[tuple[str, dict]],
                tasks: dict[str, Task], grad_clip: float | None, device: torch.device, bf16: bool) -> None:
-    """One optimizer step over the step's batches, as train.py takes it (losses weighted and summed)."""
+    """One optimizer step over the step's batches, as the training loop takes it (losses weighted and summed)."""
     loss = torch.zeros((), device=device)
     for name, batch in step:
         with _autocast(device, bf16):
@@ -420,9 +422,6 @@ def _status_mib(field: str) -> float | None:
 def _memory_child(job: dict) -> dict:
     """Run one side's work (training steps or the prediction pass) in this fresh process; report its peak."""
     import datasets
-    from safetensors.torch import load_file
-
-    from mtbert.training.setup import load_run_data
 
     recipe, side, phase = job["recipe"], job["side"], job["phase"]
     torch.set_num_threads(job["threads"])
@@ -497,9 +496,6 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     """Measure, and return everything as one JSON-ready dict (see the module docstring for the method)."""
     import transformers
     from accelerate.utils import set_seed
-    from safetensors.torch import save_file
-
-    from mtbert.training.setup import build_model, load_run_data
 
     if steps < 1 or warmup < 0 or predict_limit < 1:
         raise MtbertError("--steps and --predict-examples must be at least 1, --warmup at least 0")
@@ -521,28 +517,12 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     config, state = built.config, {k: v.detach().clone().contiguous() for k, v in built.state_dict().items()}
     del built
     models = {side: build_side(side, config, state, recipe).to(device) for side in sides}
-    optimizers = {side: build_optimizer_for(side, models[side], recipe) for side in sides}
     parity = _parity(models, data, pad_id, device) if compare else None
-
-    say(f"training: {warmup} warm-up + {steps} timed steps per side ...")
-    plan = training_plan(recipe, data, warmup + steps)
-    plans = {side: plan for side in sides}
-    if recipe.speed.length_pool:
-        plans["mtbert"] = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
-            regroup(plan[warmup:], data, recipe.speed.length_pool, recipe.seed)
-    batches = {side: collate_plan(plans[side], data, pad_id) for side in sides}
-    train_tallies = time_training(models, optimizers, batches, data.tasks, recipe, warmup, device, bf16)
-    profiles = {}
-    if profile is not None:
-        say(f"profiling {profile_steps} training steps per side into {profile} ...")
-        for side in sides:
-            profiles[side] = profile_training(models[side], optimizers[side],
-                                              batches[side][warmup: warmup + profile_steps], data.tasks, recipe,
-                                              device, bf16, Path(profile), side)
+    train_tallies, profiles = _training_phase(models, recipe, data, steps, warmup, device, bf16, profile,
+                                              profile_steps, say)
 
     say(f"prediction: up to {predict_limit} dev examples per task per side ...")
     # Training moved the two sides apart (different batch orders): predict from the starting weights again.
-    del optimizers
     models = {side: build_side(side, config, state, recipe).to(device) for side in sides}
     examples = predict_examples(data, data.tasks, predict_limit)
     predict_tallies, outputs = time_prediction(models, data.tasks, examples, recipe, pad_id, device, bf16)
@@ -572,12 +552,9 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
                                                           outputs["transformers"][name]) for name in examples}
     if memory:
         say("peak memory: one fresh process per side and phase ...")
-        with tempfile.TemporaryDirectory() as folder:
-            weights = str(Path(folder) / "weights.safetensors")
-            save_file(state, weights)
-            job = {"recipe": recipe, "config": config.to_dict(), "weights": weights, "steps": steps, "warmup": warmup,
-                   "predict_examples": predict_limit, "device": device.type, "threads": torch.get_num_threads()}
-            memory_results = measure_memory(job, sides)
+        job = {"recipe": recipe, "config": config.to_dict(), "steps": steps, "warmup": warmup,
+               "predict_examples": predict_limit, "device": device.type, "threads": torch.get_num_threads()}
+        memory_results = _memory_phase(job, state, sides)
         for phase, by_side in memory_results.items():
             for side, report in by_side.items():
                 result[phase][side].update(report)
@@ -585,6 +562,39 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
         for phase in ("train", "predict"):
             result[phase]["ratio"] = ratios(result[phase]["mtbert"], result[phase]["transformers"])
     return result
+
+
+def _training_phase(models: dict, recipe: Recipe, data, steps: int, warmup: int, device: torch.device, bf16: bool,
+                    profile: Path | None, profile_steps: int, say) -> tuple[dict, dict]:
+    """Time `warmup` + `steps` training steps per side on the same batches (mtbert's length-grouped when the
+    recipe groups them), then profile a few more if asked; return the tallies and the profiles."""
+    sides = list(models)
+    optimizers = {side: build_optimizer_for(side, models[side], recipe) for side in sides}
+    pad_id = data.tokenizer.pad_token_id or 0
+    say(f"training: {warmup} warm-up + {steps} timed steps per side ...")
+    plan = training_plan(recipe, data, warmup + steps)
+    plans = {side: plan for side in sides}
+    if recipe.speed.length_pool:
+        plans["mtbert"] = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
+            regroup(plan[warmup:], data, recipe.speed.length_pool, recipe.seed)
+    batches = {side: collate_plan(plans[side], data, pad_id) for side in sides}
+    tallies = time_training(models, optimizers, batches, data.tasks, recipe, warmup, device, bf16)
+    profiles = {}
+    if profile is not None:
+        say(f"profiling {profile_steps} training steps per side into {profile} ...")
+        for side in sides:
+            profiles[side] = profile_training(models[side], optimizers[side],
+                                              batches[side][warmup: warmup + profile_steps], data.tasks, recipe,
+                                              device, bf16, Path(profile), side)
+    return tallies, profiles
+
+
+def _memory_phase(job: dict, state: dict[str, torch.Tensor], sides: list[str]) -> dict:
+    """measure_memory with the starting weights saved once, for every fresh process to load."""
+    with tempfile.TemporaryDirectory() as folder:
+        weights = str(Path(folder) / "weights.safetensors")
+        save_file(state, weights)
+        return measure_memory(job | {"weights": weights}, sides)
 
 
 @torch.no_grad()
@@ -648,3 +658,21 @@ def format_report(result: dict) -> str:
             lines += ["", f"where {owner} training time goes ({profiled['steps']} steps, share of self time):"]
             lines += [f"  {share:6.1%}  {category}" for category, share in profiled["shares"].items()]
     return "\n".join(lines)
+
+
+def run(recipe_path: Path, overrides: list[str], *, steps: int, warmup: int, compare: str | None, predict_examples: int,
+        memory: bool, output: Path | None, profile: Path | None, data_dir: str | None,
+        echo: Callable[[str], None], say: Callable[[str], None]) -> None:
+    """`mtbert bench`: measure, print the report, and write every figure (with the command that made them) as
+    JSON to `output`."""
+    result = run_bench(load_recipe(recipe_path, overrides, data_dir=data_dir), steps=steps, warmup=warmup,
+                       compare=compare, predict_limit=predict_examples, memory=memory, profile=profile, say=say)
+    result["command"] = " ".join(["mtbert bench", str(recipe_path), *overrides, f"--steps {steps}",
+                                  f"--warmup {warmup}", f"--predict-examples {predict_examples}",
+                                  *([f"--compare {compare}"] if compare else []), *([] if memory else ["--no-memory"]),
+                                  *([f"--profile {profile}"] if profile else []),
+                                  *([f"--data-dir {data_dir}"] if data_dir else [])])
+    echo(format_report(result))
+    if output is not None:
+        write_text_atomically(output, json_text(result, indent=2) + "\n")
+        say(f"wrote {output}")

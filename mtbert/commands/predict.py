@@ -7,18 +7,18 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import datasets
 
 from mtbert import exported, speed
-from mtbert.commands.evaluate import default_device
-from mtbert.commands.submission import check_ids, check_target, submission_path, write_submission
+from mtbert.commands.evaluation import default_device
+from mtbert.commands.submission import predict_submission, read_for_submission, submission_path, task_named, write
 from mtbert.data.encoding import tokenize_split
-from mtbert.data.reading import SplitData, read_split
+from mtbert.data.reading import SplitData
 from mtbert.errors import MtbertError
+from mtbert.files import check_output_file, write_text_atomically, wrote
 from mtbert.inference import TaskPredictions, eval_loader, run_inference
 from mtbert.tasks import Task
 from mtbert.textfiles import decode_text, read_text
@@ -83,7 +83,7 @@ def write_records(rows: list[dict], task: Task, out: TextIO, fmt: str) -> None:
 def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source: str, out: TextIO,
                   fmt: str = "tsv", batch_size: int = 128) -> int:
     loaded = exported.load_model(ckpt)
-    task = _task(loaded.tasks, task_name)
+    task = task_named(loaded.tasks, task_name)
     dataset = parse_lines(lines, task, source)
     split = SplitData(dataset, source, labelled=False)
     # Sentences piped through are often a handful: progress bars only when a person watches stderr.
@@ -111,78 +111,10 @@ def predict_split(ckpt: str | Path, task_name: str, split: str, output: str | os
     output: None (the standard file name, here), a folder (an existing one, or a name that ends with a
     slash or has no file extension: created, the standard name inside) or the file itself."""
     loaded = exported.load_model(ckpt, data_dir=data_dir)
-    task = _task(loaded.tasks, task_name)
-    submission = _read_for_submission(loaded, task, split, submission_path(output, task, split), report)
-    _predict(loaded, submission, batch_size)
-    return _write(submission, report)
-
-
-def submit(ckpt: str | Path, out_dir: Path, split: str = "test", task_names: list[str] | None = None,
-           data_dir: str | None = None, batch_size: int = 128, report: Callable[[str], None] = print) -> list[Path]:
-    """Every task's submission file for `split`, in one folder. Every split is read and checked, and
-    every prediction made, before the first file is written."""
-    loaded = exported.load_model(ckpt, data_dir=data_dir)
-    names = task_names or list(loaded.tasks)
-    tasks = [_task(loaded.tasks, name) for name in names]
-    if out_dir.exists() and not out_dir.is_dir():
-        raise MtbertError(f"{out_dir}: exists and is not a folder")
-    submissions = [_read_for_submission(loaded, task, split, Path(out_dir) / submission_path(None, task, split),
-                                        report) for task in tasks]
-    for submission in submissions:
-        _predict(loaded, submission, batch_size)
-    return [_write(submission, report) for submission in submissions]
-
-
-@dataclass
-class _Submission:
-    """One task's split, read and checked, on its way to the file at `path`."""
-
-    task: Task
-    split: str
-    path: Path
-    replaces: bool
-    "An earlier submission file is at `path`."
-    data: SplitData
-    tokenized: datasets.Dataset
-    predictions: object = None
-
-
-def _read_for_submission(loaded: exported.LoadedModel, task: Task, split: str, path: Path,
-                         report: Callable[[str], None]) -> _Submission:
-    replaces = check_target(path, task, split)  # before the data: a wrong output fails in a second
-    data = read_split(task, split, loaded.recipe.data_dir)
-    check_ids(data, task)
-    if data.skip_report():
-        report(data.skip_report())
-    tokenized = tokenize_split(data, task, loaded.tokenizer, loaded.recipe.model.max_length)
-    return _Submission(task, split, path, replaces, data, tokenized)
-
-
-def _predict(loaded: exported.LoadedModel, submission: _Submission, batch_size: int) -> None:
-    device = default_device()
-    speed.set_switches(loaded.model, loaded.recipe.speed)
-    result = run_inference(loaded.model.to(device), submission.task,
-                           eval_loader(submission.tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
-                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
-                           device=device, progress=True)
-    submission.predictions = result.predictions
-
-
-def _write(submission: _Submission, report: Callable[[str], None]) -> Path:
-    path, data = submission.path, submission.data
-    write_submission(path, submission.task, submission.split, data.dataset["id"], submission.predictions)
-    if submission.replaces:
-        report(f"replaced the earlier submission file {path}")
-    if data.skipped_lines:
-        report(f"warning: {path} has no prediction for the {len(data.skipped_lines)} skipped row(s) of "
-               f"{data.source}; a benchmark server expects one per test row")
-    return path
-
-
-def _task(tasks: dict[str, Task], name: str) -> Task:
-    if name not in tasks:
-        raise MtbertError(f"task {name!r} is not in this checkpoint; it has {', '.join(tasks)}")
-    return tasks[name]
+    task = task_named(loaded.tasks, task_name)
+    submission = read_for_submission(loaded, task, split, submission_path(output, task, split), report)
+    predict_submission(loaded, submission, batch_size)
+    return write(submission, report)
 
 
 def read_input(path: Path | None) -> tuple[Iterable[str], str]:
@@ -195,3 +127,27 @@ def read_input(path: Path | None) -> tuple[Iterable[str], str]:
         return io.StringIO(text), "<stdin>"
     # io.StringIO splits lines at "\n" only, unlike str.splitlines (which also splits at U+2028 and others)
     return io.StringIO(read_text(path, "input file")), str(path)
+
+
+def run(ckpt: Path, task: str, input: Path | None, output: str | None, fmt: str, split: str | None,
+        data_dir: str | None, batch_size: int, say: Callable[[str], None]) -> None:
+    """`mtbert predict`: lines of --input (or stdin) to stdout or --output, or with --split, the task's
+    submission file; `say` reports on stderr."""
+    if fmt not in ("tsv", "jsonl"):
+        raise MtbertError(f"--format: expected tsv or jsonl, got {fmt!r}")
+    if split:
+        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=say)
+        say(f"wrote {path}")
+        return
+    target = Path(output) if output is not None else None
+    if target is not None:
+        check_output_file(target, "--output")
+    lines, source = read_input(input)
+    if target is None:
+        predict_lines(ckpt, task, lines, source, sys.stdout, fmt, batch_size)
+        return
+    buffer = io.StringIO()  # written in one go, so a failure half-way leaves no partial file
+    count = predict_lines(ckpt, task, lines, source, buffer, fmt, batch_size)
+    existed = target.exists()
+    write_text_atomically(target, buffer.getvalue())
+    say(f"{wrote(existed)} {target} ({count} predictions)")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +26,9 @@ import numpy as np
 
 from mtbert import exported
 from mtbert.commands import plots
-from mtbert.commands.evaluate import SplitPredictions, predict_tasks, score_predictions
+from mtbert.commands.evaluation import SplitPredictions, format_table, predict_tasks, score_predictions
 from mtbert.errors import MtbertError
-from mtbert.files import check_output_folder, score, write_text_atomically
+from mtbert.files import check_output_folder, score, write_text_atomically, wrote
 from mtbert.tasks import Task
 
 LOG_FILE = "train_log.jsonl"
@@ -182,3 +183,12 @@ def _markdown(run_dir: Path, loaded: exported.LoadedModel, split: str, predicted
         lines.append(log_note)
     lines.append("")
     return "\n".join(lines + sections)
+
+
+def run(run_dir: Path, split: str, tasks: list[str] | None, out: Path | None, data_dir: str | None, batch_size: int,
+        echo: Callable[[str], None]) -> None:
+    """`mtbert report`: write the report, print the scores table and each file written."""
+    written = write_report(run_dir, split, tasks, data_dir, batch_size, out)
+    echo(format_table(written.results))
+    for path in written.files:
+        echo(f"{wrote(path in written.replaced)} {path}")

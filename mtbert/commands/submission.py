@@ -19,15 +19,20 @@ header line), never another file.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 import numpy as np
 
-from mtbert.data.reading import SplitData
+from mtbert import exported, speed
+from mtbert.commands.evaluation import default_device
+from mtbert.data.encoding import tokenize_split
+from mtbert.data.reading import SplitData, read_split
 from mtbert.errors import MtbertError
 from mtbert.files import write_text_atomically
+from mtbert.inference import eval_loader, run_inference
 from mtbert.tasks import SUBMISSION_FILES, Task
 
 # The GLUE server's file name per task (MNLI's test split here is the matched one).
@@ -125,3 +130,53 @@ def check_target(path: Path, task: Task, split: str) -> bool:
 def write_submission(path: Path, task: Task, split: str, ids: Sequence[str], predictions: np.ndarray) -> None:
     """Write the task's submission file at `path` (see `submission_path`), whole or not at all."""
     write_text_atomically(path, submission_text(task, split, ids, predictions))
+
+# ---------------------------------------------------------------------------------------------
+# A task's split on its way to its submission file (mtbert predict --split, mtbert submit)
+
+@dataclass
+class Submission:
+    """One task's split, read and checked, on its way to the file at `path`."""
+
+    task: Task
+    split: str
+    path: Path
+    replaces: bool
+    "An earlier submission file is at `path`."
+    data: SplitData
+    tokenized: datasets.Dataset
+    predictions: object = None
+
+def read_for_submission(loaded: exported.LoadedModel, task: Task, split: str, path: Path,
+                         report: Callable[[str], None]) -> Submission:
+    replaces = check_target(path, task, split)  # before the data: a wrong output fails in a second
+    data = read_split(task, split, loaded.recipe.data_dir)
+    check_ids(data, task)
+    if data.skip_report():
+        report(data.skip_report())
+    tokenized = tokenize_split(data, task, loaded.tokenizer, loaded.recipe.model.max_length)
+    return Submission(task, split, path, replaces, data, tokenized)
+
+def predict_submission(loaded: exported.LoadedModel, submission: Submission, batch_size: int) -> None:
+    device = default_device()
+    speed.set_switches(loaded.model, loaded.recipe.speed)
+    result = run_inference(loaded.model.to(device), submission.task,
+                           eval_loader(submission.tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
+                                       max_tokens=loaded.recipe.speed.eval_max_tokens),
+                           device=device, progress=True)
+    submission.predictions = result.predictions
+
+def write(submission: Submission, report: Callable[[str], None]) -> Path:
+    path, data = submission.path, submission.data
+    write_submission(path, submission.task, submission.split, data.dataset["id"], submission.predictions)
+    if submission.replaces:
+        report(f"replaced the earlier submission file {path}")
+    if data.skipped_lines:
+        report(f"warning: {path} has no prediction for the {len(data.skipped_lines)} skipped row(s) of "
+               f"{data.source}; a benchmark server expects one per test row")
+    return path
+
+def task_named(tasks: dict[str, Task], name: str) -> Task:
+    if name not in tasks:
+        raise MtbertError(f"task {name!r} is not in this checkpoint; it has {', '.join(tasks)}")
+    return tasks[name]

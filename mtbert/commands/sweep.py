@@ -167,6 +167,22 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
     return results
 
 
+def run(recipe: Path, grid: list[str], plans: Path | None, overrides: list[str], output: Path | None,
+        data_dir: str | None, echo: Callable[[str], None], say: Callable[[str], None]) -> int:
+    """`mtbert sweep`: run the grid (and plans), print the table (`say`: on stderr); return the exit status, 1 when
+    a combination failed."""
+    axes = [parse_grid(item) for item in grid] + ([load_plans(plans)] if plans else [])
+    folder = output or Path("sweeps") / recipe.stem
+    results = run_sweep(recipe, axes, overrides, folder, data_dir, echo=echo)
+    echo((folder / "sweep.md").read_text())
+    echo(f"wrote {folder / 'sweep.md'}, {folder / 'sweep.csv'} and {folder / 'sweep.png'}")
+    failed = [r for r in results if r["status"] != "ok"]
+    if failed:
+        say(f"{len(failed)} of {len(results)} combination(s) failed")
+        return 1
+    return 0
+
+
 def _identity(recipe: Path, overrides: list[str], data_dir: str | None) -> dict:
     """What else a finished result must match to be reused: the recipe as it reads now, the fixed overrides
     and the data folder. Editing the recipe makes every combination run again."""

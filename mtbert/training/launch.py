@@ -22,6 +22,7 @@ from accelerate.utils import (
     is_mlu_available,
     is_npu_available,
     is_xpu_available,
+    set_seed,
 )
 
 from mtbert import exported, speed
@@ -80,6 +81,11 @@ def configure_deepspeed(accelerator: Accelerator, recipe: Recipe) -> None:
         elif not zero[gather]:
             raise MtbertError(f"{source}: zero_optimization.{gather} must be true: the exported model "
                               f"is the whole model, gathered from every process")
+
+def seed_everything(seed: int) -> None:
+    """Python's, NumPy's and torch's generators (on every device) from the recipe's seed."""
+    set_seed(seed)
+
 
 def is_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import math
 import time
+from typing import TYPE_CHECKING
 
 import torch
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from mtbert import speed
@@ -22,6 +22,9 @@ from mtbert.training.checkpoints import latest_checkpoint, prune
 from mtbert.training.guards import StopSignals, TrainingInterrupted
 from mtbert.training.setup import Run, setup
 from mtbert.training.stages import Stage, stage_at
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 
 def train(recipe: Recipe, resume: str | None = None, overwrite: bool = False) -> dict:

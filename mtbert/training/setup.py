@@ -15,11 +15,9 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import set_seed
 
 from mtbert import speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
@@ -44,6 +42,9 @@ from mtbert.training.run_folder import begin_output, claim
 from mtbert.training.stages import LearningRateSchedule, Stage, plan_stages
 from mtbert.training.state import Progress, TrainingState, check_resumable, training_state
 from mtbert.training.tracking import RunLog, check_trackers, hyperparameters, project_name
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
 
 # ---------------------------------------------------------------------------------------------
 # The model and its data from a recipe (also what bench, validate and the tests build)
@@ -185,7 +186,7 @@ def setup(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     faults.arm(accelerator.process_index)
     output = Path(recipe.output_dir)
     resume_from = _setup_output(output, accelerator, resume, overwrite)
-    set_seed(recipe.seed)
+    launch.seed_everything(recipe.seed)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
     model = speed.prepare_model(build_model(recipe, data.tasks, data.tokenizer), recipe.speed)

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from mtbert.cli import app
 from mtbert.commands import plots
-from mtbert.commands.evaluate import evaluate_checkpoint
+from mtbert.commands.evaluation import evaluate_checkpoint
 from mtbert.commands.report import read_log, write_report
 from mtbert.config import load_recipe
 from mtbert.errors import MtbertError

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mtbert import __version__
-from mtbert.commands.evaluate import evaluate_checkpoint
+from mtbert.commands.evaluation import evaluate_checkpoint
 from mtbert.config import load_recipe
 from mtbert.data.loading import load_split
 from mtbert.exported import load_model

@@ -1,7 +1,7 @@
 """The training loop's resumable checkpoints: exact resume, what may change, non-finite losses, SIGTERM.
 
-These run in-process (same threads, same process: bit-identical). tests/test_kill_resume.py kills real
-`mtbert train` processes with SIGKILL; tests/test_launch.py does the same under several processes.
+These run in-process (same threads, same process: bit-identical). tests/training/test_kill_resume.py kills real
+`mtbert train` processes with SIGKILL; tests/training/test_launch.py does the same under several processes.
 """
 
 import json
