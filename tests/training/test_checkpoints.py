@@ -4,8 +4,6 @@ import errno
 import hashlib
 import json
 import os
-import random
-import signal
 import threading
 
 import numpy as np
@@ -25,8 +23,7 @@ from mtbert.training.checkpoints import (
     prune,
     verify,
 )
-from mtbert.training.guards import StopSignals, TrainingInterrupted
-from mtbert.training.state import RandomState, TrainingState, first_difference
+from mtbert.training.state import TrainingState
 
 
 class Box:
@@ -70,14 +67,6 @@ def test_codec_round_trips_what_state_dicts_hold():
 def test_codec_refuses_objects_and_names_where_they_are():
     with pytest.raises(TypeError, match=r"optimizer/scaler: cannot store a .*Box"):
         encode({"optimizer": {"scaler": Box()}})
-
-
-def test_random_state_round_trips():
-    saved = RandomState().state_dict()
-    expected = (random.random(), np.random.rand(), torch.rand(1).item())
-    tree, tensors = encode(saved)
-    RandomState().load_state_dict(decode(json.loads(json.dumps(tree)), tensors))
-    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
 
 
 def make_state(value) -> tuple[TrainingState, Box, Box]:
@@ -218,37 +207,6 @@ def test_a_checkpoint_from_another_format_is_refused(tmp_path):
     (tmp_path / "step-1" / "state.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(MtbertError, match="not an mtbert training checkpoint"):
         TrainingState().load(tmp_path / "step-1", Processes())
-
-
-def test_first_difference_names_the_dotted_key_and_ignores_harmless_ones():
-    saved = {"seed": 0, "output_dir": "a", "train": {"lr": 3e-5, "log_every": 20}, "tasks": {"sst": {}}}
-    assert first_difference(saved, {**saved, "output_dir": "b", "train": {"lr": 3e-5, "log_every": 5}}) is None
-    assert first_difference(saved, {**saved, "train": {"lr": 1e-5, "log_every": 20}}) == ("train.lr", 3e-5, 1e-5)
-    assert first_difference(saved, {**saved, "tasks": {"sst": {}, "sts": {}}}) == ("tasks.sts", None, {})
-
-
-def test_stop_signals_turn_sigterm_into_a_request_then_restore_the_handler():
-    before = signal.getsignal(signal.SIGTERM)
-    with StopSignals() as signals:
-        os.kill(os.getpid(), signal.SIGTERM)
-        assert signals.received == signal.SIGTERM
-        os.kill(os.getpid(), signal.SIGINT)  # a first SIGINT after SIGTERM is just another request
-        assert signals.received == signal.SIGTERM
-    assert signal.getsignal(signal.SIGTERM) is before
-
-
-def test_a_second_sigint_interrupts_at_once():
-    with StopSignals() as signals:
-        os.kill(os.getpid(), signal.SIGINT)
-        assert signals.received == signal.SIGINT
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def test_training_interrupted_exits_with_the_shell_code_of_the_signal(tmp_path):
-    stopped = TrainingInterrupted(signal.SIGTERM, 40, tmp_path / "step-40")
-    assert stopped.exit_code == 143 and "SIGTERM after step 40" in str(stopped) and "--resume latest" in str(stopped)
-    assert TrainingInterrupted(signal.SIGINT, 1, tmp_path).exit_code == 130
 
 
 def test_part_names_are_checked():

@@ -12,7 +12,6 @@ from mtbert.errors import MtbertError
 from mtbert.objectives.supervised import LOSSES
 from mtbert.training import faults
 from mtbert.training import loop as train_module
-from mtbert.training.guards import NonFiniteGuard
 from mtbert.training.loop import replaces_best, train
 from mtbert.training.setup import optimizer_groups
 
@@ -201,24 +200,6 @@ def test_skipping_drops_the_step_with_the_weighted_overflow_and_keeps_the_weight
     # weights became NaN, steps 3 and 4 were skipped for sts and sst, and a NaN model was exported.
     assert skipped == [{"step": 2, "skipped": "non-finite loss on task quora"}]
     assert math.isfinite(best["overall"])
-
-
-def test_the_guard_keeps_the_earliest_step_and_every_task_of_it():
-    guard = NonFiniteGuard(["a", "b", "c"], torch.device("cpu"), distributed=False)
-    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
-    assert guard.found() is None
-    guard.observe(5, "c", nan)
-    guard.observe(5, "a", one)
-    guard.observe(6, "a", nan)  # later: not the first
-    assert guard.found() == (5, ["c"])
-    guard.observe(5, "b", torch.tensor(float("inf")))
-    guard.observe_gradients(5, nan)
-    assert guard.found() == (5, ["b", "c"])
-    guard.observe(4, "a", nan)  # an earlier step, seen later (another process's, say)
-    assert guard.found() == (4, ["a"])
-    guard.reset()
-    guard.observe_gradients(7, torch.tensor(float("inf")))
-    assert guard.found() == (7, []) and "gradients" in NonFiniteGuard.describe([])
 
 
 def test_same_seed_same_model(tmp_path, tokenizer_dir):

@@ -1,18 +1,21 @@
-"""Multi-stage runs and SMART in the training loop: stages switch tasks and objective at the right step,
-resume inside a stage is exact, SMART under gradient accumulation equals the same batch unaccumulated."""
+"""Stages (mtbert/training/stages.py) and multi-stage runs: stages switch tasks and objective at the right step,
+resume inside a stage is exact, SMART under gradient accumulation equals the same batch unaccumulated, and the
+learning-rate schedule sets every step's rate as it always did."""
 
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtbert.config import load_recipe
+from mtbert.config import load_recipe, parse_recipe
 from mtbert.errors import MtbertError
 from mtbert.training import faults
 from mtbert.training.loop import train
+from mtbert.training.stages import LearningRateSchedule, plan_stages, stage_at
 
 from helpers import write_recipe
 
@@ -169,3 +172,59 @@ def test_an_index_override_on_a_recipe_without_the_list_says_so(tmp_path, tokeni
     path = write_recipe(tmp_path, tokenizer_dir)
     with pytest.raises(MtbertError, match="the recipe has no 'stages' list to take item 0 of"):
         load_recipe(path, ["stages.0.max_steps=3"])
+
+
+def planned(stages: list[dict], lr: float = 5e-5) -> list:
+    """The stages of a recipe over two tasks of 64 examples (8 batches a pass)."""
+    recipe = parse_recipe({"model": {"init": "random", "tokenizer": "tok"}, "tasks": {"sst": {}, "sts": {}},
+                           "train": {"lr": lr, "warmup_ratio": 0.1, "batch_size": 8}, "stages": stages})
+    streams = {name: SimpleNamespace(pass_size=64, batches_per_pass=8) for name in recipe.tasks}
+    return plan_stages(recipe, [SimpleNamespace(streams=streams, describe=lambda stage: "supervised")] * len(stages),
+                       recipe.train.grad_accum)
+
+
+def lambda_schedule(optimizer, stages, base_lr):
+    """How the learning rate was set before LearningRateSchedule: LambdaLR over train.lr, a stage's own peak
+    as a ratio to it."""
+    def factor(step):
+        stage = stage_at(stages, step)
+        f = stage.lr_factor(step)
+        return f if stage.lr == base_lr else f * stage.lr / base_lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def two_groups(lr: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.zeros(2))]},
+                              {"params": [torch.nn.Parameter(torch.zeros(1))], "weight_decay": 0.0}], lr=lr)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")  # LambdaLR stepped without an optimizer step
+def test_the_schedule_sets_the_rate_of_every_step_exactly_as_before():
+    stages = planned([{"max_steps": 20, "lr": 2e-5}, {"max_steps": 30}, {"max_steps": 13, "lr": 3.3e-5}])
+    ours, theirs = two_groups(stages[0].lr), two_groups(5e-5)
+    schedule, reference = LearningRateSchedule(ours, stages, reference_lr=5e-5), lambda_schedule(theirs, stages, 5e-5)
+    rates = []
+    for step in range(63):
+        assert [g["lr"] for g in ours.param_groups] == [g["lr"] for g in theirs.param_groups], step  # bit for bit
+        assert schedule.lr == reference.get_last_lr()[0] == schedule.lr_at(step)
+        rates.append(schedule.lr)
+        schedule.step()
+        reference.step()
+    # Each stage warms up (10% of its steps) to its own peak and decays to zero.
+    assert rates[0] == pytest.approx(2e-5 / 3) and rates[1] == pytest.approx(2 * 2e-5 / 3) and rates[2] == 2e-5
+    assert rates[20] == pytest.approx(5e-5 / 4) and rates[23] == 5e-5 and rates[49] == pytest.approx(5e-5 / 27)
+    assert rates[50] == pytest.approx(3.3e-5 / 2) and schedule.lr_at(62) == pytest.approx(3.3e-5 / 12)
+
+
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_the_schedule_resumes_from_its_own_state_and_from_a_lambda_schedules():
+    stages = planned([{"max_steps": 10, "lr": 2e-5}, {"max_steps": 10}])
+    theirs = two_groups(5e-5)
+    reference = lambda_schedule(theirs, stages, 5e-5)
+    for _ in range(13):
+        reference.step()
+    for state in (reference.state_dict(), {"last_epoch": 13}):  # a checkpoint written before, or now
+        resumed = LearningRateSchedule(two_groups(2e-5), stages, reference_lr=5e-5)
+        resumed.load_state_dict(state)
+        assert resumed.state_dict() == {"last_epoch": 13}
+        assert [g["lr"] for g in resumed.optimizer.param_groups] == [g["lr"] for g in theirs.param_groups]
