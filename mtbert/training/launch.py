@@ -110,8 +110,8 @@ def training_model(accelerator: Accelerator, model) -> TrainingModel:
 
 
 def exact_gradient_norm(accelerator: Accelerator) -> bool:
-    """Whether clipping measures the true gradient norm: not under fp16's loss scaler (its scaled gradients
-    overflow on purpose; the scaler skips those steps itself) nor under DeepSpeed (which clips inside its step)."""
+    """Whether the guard may watch the norm clipping computes: not under fp16's loss scaler or DeepSpeed, which
+    deal with non-finite gradients themselves (and the scaler must not unscale a step that is then skipped)."""
     return launch_info(accelerator)["zero_stage"] is None and accelerator.scaler is None
 
 

@@ -100,8 +100,7 @@ def _clip_and_check(run: Run, step: int) -> tuple[int, list[str]] | None:
     (then the optimizer does not step)."""
     accelerator, train = run.accelerator, run.recipe.train
     launch.after_backward(accelerator, run.model)
-    # The clipped norm tells non-finite gradients of finite losses; fp16's loss scaler and DeepSpeed deal
-    # with theirs (and the scaler must not unscale a step that is then skipped).
+    # The clipped norm tells non-finite gradients of finite losses (where the launch lets the guard read it).
     watch_gradients = train.grad_clip and launch.exact_gradient_norm(accelerator)
     if watch_gradients:
         run.guard.observe_gradients(step + 1, accelerator.clip_grad_norm_(run.model.parameters(), train.grad_clip))
