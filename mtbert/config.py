@@ -25,7 +25,7 @@ import yaml
 
 from mtbert import yamlfile
 from mtbert.errors import MtbertError
-from mtbert.model.sharing import SharingPlanError, parse_plan
+from mtbert.model.plan import SharingPlanError, parse_plan
 
 Kind = Literal["classes", "binary", "regression"]
 Format = Literal["cs224n", "glue", "csv", "tsv", "jsonl"]
@@ -340,7 +340,7 @@ class TrainConfig:
     grad_accum: int = 1
     "Batches whose gradients are summed before one optimizer step."
     optimizer: Literal["adamw", "mtbert_adamw"] = "adamw"
-    "adamw (torch.optim.AdamW) or mtbert_adamw (the project's own, mtbert/optim.py)."
+    "adamw (torch.optim.AdamW) or mtbert_adamw (the project's own, mtbert/training/optim.py)."
     lr: float = 5e-5
     "Peak learning rate."
     weight_decay: float = 0.01
@@ -418,7 +418,8 @@ class SpeedConfig:
 @dataclass
 class SmartConfig:
     """SMART (Jiang et al. 2020): an adversarial smoothness term and a proximal term with a momentum teacher,
-    added to the supervised loss. The paper's defaults; a task's `smart:` overrides any of the first nine."""
+    added to the supervised loss. The paper's defaults, written here only (objectives/smart.py takes them from
+    here); a task's `smart:` overrides any of the first nine."""
 
     enabled: bool = False
     "Use SMART for every task (a task's smart.enabled or a stage's smart overrides it)."
@@ -711,82 +712,112 @@ def _check_range(bounds: Range, value: Any, path: tuple[str, ...], source: _Sour
 
 
 def _convert(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any:
-    def fail() -> MtbertError:
-        return MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, got {value!r}")
-
+    """`value` as type `tp` (a recipe field's annotation), or an MtbertError naming file, line and key."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None:
-            if type(None) in options:
-                return None
-            raise fail()
-        meant_error = None
-        candidates = [o for o in options if o is not type(None)]
-        for option in candidates:
-            try:
-                return _convert(option, value, path, source)
-            except MtbertError as e:
-                # The only option, a mapping meant as this section or a list meant as this list: its own
-                # message says what is wrong (an item out of range, an unknown key).
-                if (len(candidates) == 1 or isinstance(value, dict) and dataclasses.is_dataclass(option)
-                        or isinstance(value, list) and typing.get_origin(option) is list):
-                    meant_error = e
-                continue
-        raise meant_error or fail()
+        return _convert_union(tp, value, path, source)
     if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else ""
-        raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, "
-                          f"got {value!r}{hint}")
+        return _convert_literal(tp, value, path, source)
     if origin is list:
-        (item_type,) = typing.get_args(tp)
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_type is str:
-            value = [value]  # a single column name may be written without brackets
-        if not isinstance(value, list):
-            raise fail()
-        return [_convert(item_type, v, path + (str(i),), source) for i, v in enumerate(value)]
+        return _convert_list(tp, value, path, source)
     if origin is dict:
-        _, value_type = typing.get_args(tp)
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise fail()
-        return {str(k): _convert(value_type, {} if v is None and dataclasses.is_dataclass(value_type) else v,
-                                 path + (str(k),), source) for k, v in value.items()}
+        return _convert_dict(tp, value, path, source)
     if dataclasses.is_dataclass(tp):
         return _build(tp, {} if value is None else value, path, source)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise fail()
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise fail()
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+    convert = _SCALARS.get(tp)
+    if convert is None:
+        raise _type_error(tp, value, path, source)
+    return convert(tp, value, path, source)
+
+
+def _type_error(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> MtbertError:
+    return MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _convert_union(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any:
+    options = typing.get_args(tp)
+    if value is None:
+        if type(None) in options:
+            return None
+        raise _type_error(tp, value, path, source)
+    meant_error = None
+    candidates = [o for o in options if o is not type(None)]
+    for option in candidates:
+        try:
+            return _convert(option, value, path, source)
+        except MtbertError as e:
+            # The only option, a mapping meant as this section or a list meant as this list: its own
+            # message says what is wrong (an item out of range, an unknown key).
+            if (len(candidates) == 1 or isinstance(value, dict) and dataclasses.is_dataclass(option)
+                    or isinstance(value, list) and typing.get_origin(option) is list):
+                meant_error = e
+    raise meant_error or _type_error(tp, value, path, source)
+
+
+def _convert_literal(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> Any:
+    if value in typing.get_args(tp):
+        return value
+    near = difflib.get_close_matches(str(value), [str(a) for a in typing.get_args(tp)], n=1)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected {_type_name(tp)}, got {value!r}{hint}")
+
+
+def _convert_list(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> list:
+    (item_type,) = typing.get_args(tp)
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_type is str:
+        value = [value]  # a single column name may be written without brackets
+    if not isinstance(value, list):
+        raise _type_error(tp, value, path, source)
+    return [_convert(item_type, v, path + (str(i),), source) for i, v in enumerate(value)]
+
+
+def _convert_dict(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> dict:
+    _, value_type = typing.get_args(tp)
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _type_error(tp, value, path, source)
+    return {str(k): _convert(value_type, {} if v is None and dataclasses.is_dataclass(value_type) else v,
+                             path + (str(k),), source) for k, v in value.items()}
+
+
+def _convert_bool(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _type_error(tp, value, path, source)
+
+
+def _convert_int(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise _type_error(tp, value, path, source)
+
+
+def _convert_float(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> float:
+    number = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
+        try:
             number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads 3e-5 (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                raise fail() from None
-        if number is None:
-            raise fail()
-        if not math.isfinite(number):
-            raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail()
-    raise fail()
+        except ValueError:
+            raise _type_error(tp, value, path, source) from None
+    if number is None:
+        raise _type_error(tp, value, path, source)
+    if not math.isfinite(number):
+        raise MtbertError(f"{source.where(path)}: {'.'.join(path)}: expected a finite number, got {value!r}")
+    return number
+
+
+def _convert_str(tp: Any, value: Any, path: tuple[str, ...], source: _Source) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    raise _type_error(tp, value, path, source)
+
+
+_SCALARS = {bool: _convert_bool, int: _convert_int, float: _convert_float, str: _convert_str}
 
 
 def _check_semantics(recipe: Recipe, source: _Source) -> None:
@@ -838,8 +869,13 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
             raise err((*path, "smart"), f"SMART regularises supervised outputs; the {stage.objective} stage has none")
 
 
+def stage_configs(recipe: Recipe) -> list[StageConfig]:
+    """The recipe's stages, or the one stage a recipe without `stages:` describes."""
+    return recipe.stages or [StageConfig()]
+
+
 def sharing_spec(sharing: str | SharingConfig) -> str | dict:
-    """The plan as plain data, what mtbert.model.sharing reads."""
+    """The plan as plain data, what mtbert.model.plan reads."""
     return sharing if isinstance(sharing, str) else dataclasses.asdict(sharing)
 
 

@@ -7,3 +7,9 @@ class MtbertError(Exception):
     The message names what is wrong and where (file and line, or recipe key). The CLI prints it on
     one line and exits with status 2; nothing is written after it is raised.
     """
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (a library's may run to a page), or "" if it has none."""
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else ""

@@ -144,3 +144,8 @@ def score(value: float | None) -> float:
     """A score read back from json_text: null (a non-finite score) is NaN."""
     return math.nan if value is None else float(value)
 
+
+
+def wrote(existed: bool) -> str:
+    """How a command reports a file it wrote: a file it replaced is said to be replaced."""
+    return "replaced" if existed else "wrote"

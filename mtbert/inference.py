@@ -3,8 +3,8 @@
 Examples are batched longest-first, so batches hold examples of similar length and waste little on
 padding; the original order is restored at the end. A batch holds `batch_size` examples, or, with a
 token budget, as many as fit in `max_tokens` padded tokens (up to `batch_size`), so short examples go
-in larger batches. `gather` lets a multi-process caller collect the results of every process (train.py
-passes Accelerate's gather_for_metrics).
+in larger batches. `gather` lets a multi-process caller collect the results of every process (the training
+loop passes Accelerate's gather_for_metrics).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from mtbert.data.collate import collate
 from mtbert.data.length_grouping import example_lengths
 from mtbert.metrics import compute_metrics, main_score
-from mtbert.objectives.losses import predictions
+from mtbert.objectives.supervised import predictions
 from mtbert.tasks import Task
 
 

@@ -51,3 +51,23 @@ def png_size(path: Path) -> tuple[int, int]:
     assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
     assert head[12:16] == b"IHDR"
     return struct.unpack(">II", head[16:24])
+
+
+def objective_context(tmp_path: Path, tokenizer_dir: Path, overrides=(), **top):
+    """What objectives are built from (objectives/base.py's ObjectiveContext), for the small test recipe: its
+    tasks, tokenised data, task streams and tiny model, on the CPU."""
+    import torch
+
+    from mtbert.config import load_recipe
+    from mtbert.data.streams import TaskStream
+    from mtbert.objectives.base import ObjectiveContext
+    from mtbert.training.setup import build_model, load_run_data
+
+    recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir, **top), list(overrides))
+    data = load_run_data(recipe)
+    torch.manual_seed(0)
+    streams = {name: TaskStream(data.train[name], task.batch_size, seed=0, stream_id=i, pad_id=0)
+               for i, (name, task) in enumerate(data.tasks.items())}
+    return ObjectiveContext(recipe=recipe, tasks=data.tasks, streams=streams, train=data.train,
+                            tokenizer=data.tokenizer, model=build_model(recipe, data.tasks, data.tokenizer),
+                            device=torch.device("cpu"), say=lambda line: None)

@@ -165,7 +165,7 @@ def test_no_examples_score_nan(name: str) -> None:
 
 
 def test_a_constant_model_scores_nan_correlations_and_zero_matthews_quietly() -> None:
-    # What a barely trained model on a small dev set gives; model selection (train.py) copes with the nan.
+    # What a barely trained model on a small dev set gives; model selection (training/loop.py) copes with the nan.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         regression = compute_metrics(["pearson", "spearman"], [2.5] * 6, [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])

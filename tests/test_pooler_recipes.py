@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from mtbert.cli import app
+from mtbert.commands.sweep import parse_grid
 from mtbert.config import load_recipe
 from mtbert.model.pooling import POOLER_NAMES
-from mtbert.sweep import parse_grid
 
 from conftest import sentence
 
@@ -99,7 +99,7 @@ def test_validate_reads_the_glue_layout(task, line, tmp_path, tokenizer_dir):
 
 @pytest.mark.parametrize("task, pooler", [("cola", "mean_max"), ("mrpc", "swap")])
 def test_recipe_trains_on_the_glue_layout(task, pooler, tmp_path, tokenizer_dir):
-    from mtbert.train import train
+    from mtbert.training.loop import train
 
     data = write_glue(tmp_path / "data")
     recipe = load_recipe(RECIPES / f"poolers_{task}.yaml",

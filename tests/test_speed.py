@@ -7,7 +7,8 @@ from mtbert import speed
 from mtbert.config import SpeedConfig, load_recipe
 from mtbert.model.bert import BertConfig
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
-from mtbert.train import optimizer_groups, train
+from mtbert.training.loop import train
+from mtbert.training.setup import optimizer_groups
 
 from helpers import write_recipe
 

@@ -90,3 +90,18 @@ def _balancing_weights(labels: list) -> torch.Tensor:
         raise ValueError("class_balanced sampling needs class labels, not regression scores")
     counts = torch.bincount(labels_t)
     return 1.0 / counts[labels_t].double()
+
+
+class StreamPositions:
+    """Where each task's batch stream stands (its pass and position; the order follows from the seed), as a
+    part of a run's resumable state."""
+
+    def __init__(self, streams: dict[str, TaskStream]):
+        self.streams = streams
+
+    def state_dict(self) -> dict:
+        return {name: stream.state_dict() for name, stream in self.streams.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, stream in self.streams.items():
+            stream.load_state_dict(state[name])

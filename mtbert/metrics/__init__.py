@@ -11,7 +11,7 @@ same file also loads with `evaluate.load(<its path>)`, and the classes keep eval
 Degenerate input gives a defined value, never an error or a warning: Pearson and Spearman are nan for
 a constant vector or fewer than two points (scipy warns or raises there), Matthews is 0.0 for constant
 predictions or a single class (scikit-learn's definition), and every metric is nan for no examples.
-Model selection (train.py) never lets a nan overall score stand in the way of a finite one.
+Model selection (training/loop.py) never lets a nan overall score stand in the way of a finite one.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ feed-forward, layer, encoder, pooler, model.
 
 Every parameter name equals the key Hugging Face uses in a BERT checkpoint, so a converted
 Hugging Face state dict loads with ``load_state_dict`` and no renaming table. This module does no
-file I/O; reading and writing weights lives in ``mtbert.checkpoint``.
+file I/O; reading and writing weights lives in ``mtbert.exported``.
 """
 
 import math
@@ -471,14 +471,3 @@ class BertModel(nn.Module):
             hidden = self.unpack(hidden, mask)  # (B, T, H)
         pooled = self.pooler(hidden) if self.pooler is not None else None  # (B, H)
         return BertModelOutput(last_hidden_state=hidden, pooler_output=pooled)
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, add_pooling_layer: bool = True,
-                        allow_pickle: bool = False) -> "BertModel":
-        """Load a Hugging Face BERT checkpoint (local folder or hub name), returned in eval mode.
-
-        allow_pickle: accept a .bin that needs full unpickling (only for a file you trust)."""
-        # Imported here so that this module stays free of file and network I/O.
-        from mtbert.checkpoint import load_encoder
-
-        return load_encoder(name_or_path, add_pooling_layer=add_pooling_layer, allow_pickle=allow_pickle)

@@ -12,8 +12,9 @@ from torch import nn
 
 from mtbert.model.bert import BertConfig, BertModel
 from mtbert.model.heads import HeadSpec, build_head
+from mtbert.model.plan import SharingPlan, resolve_plan
 from mtbert.model.pooling import build_pooler
-from mtbert.model.sharing import BranchedEncoder, SharingPlan, resolve_plan
+from mtbert.model.sharing import BranchedEncoder
 
 
 @dataclass

@@ -12,41 +12,59 @@ Proximal term. A teacher, a copy of the model that no gradient reaches, follows 
 optimizer step, theta~ <- (1 - beta) theta + beta theta~; the loss adds mu x the divergence between the
 model's outputs and the teacher's on the same batch, which keeps each update close to the last ones.
 
-Nothing here knows of devices or processes: the train loop calls these with the unwrapped model.
+The objective (`Smart`) owns the teacher, its beta schedule and the terms' log; the terms themselves run on
+the unwrapped model (`TrainingModel.module`), inside the autocast of mixed precision, and join the training
+forward's graph, so one backward (and one gradient reduction across processes) carries everything.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mtbert.config import Recipe, SmartConfig, StageConfig, TaskSmartConfig
+from mtbert.errors import MtbertError
+from mtbert.objectives.base import LossMeter, ObjectiveContext, StageLike, TrainingModel
+from mtbert.objectives.supervised import Supervised
+
 NORMS = ("inf", "l2")
 
 
 @dataclass(frozen=True)
 class SmartSettings:
-    """One task's SMART coefficients (the paper's defaults)."""
+    """One task's SMART coefficients in one stage: its own `smart:` values over the recipe's `smart:` section,
+    where every default lives (config.SmartConfig: the paper's)."""
 
-    adv_weight: float = 1.0
+    adv_weight: float
     "lambda_s: weight of the adversarial (smoothness) term."
-    prox_weight: float = 1.0
+    prox_weight: float
     "mu: weight of the proximal term (divergence from the momentum teacher)."
-    epsilon: float = 1e-5
+    epsilon: float
     "Radius of the ball the perturbation is projected onto."
-    sigma: float = 1e-5
+    sigma: float
     "Standard deviation of the initial Gaussian perturbation."
-    step_size: float = 1e-3
+    step_size: float
     "eta: size of each ascent step (along the normalised gradient)."
-    steps: int = 1
+    steps: int
     "K: ascent steps on the perturbation."
-    norm: str = "inf"
+    norm: str
     "The ball's norm: inf or l2 (per example, over all its token vectors)."
-    dropout_off: bool = False
+    dropout_off: bool
     "Compute the adversarial term with dropout off (clean and perturbed outputs in eval mode)."
+
+    @classmethod
+    def of(cls, recipe_smart: SmartConfig, task_smart: TaskSmartConfig | None = None) -> SmartSettings:
+        """The recipe's values, each replaced by the task's where it sets one."""
+        values = {}
+        for f in dataclasses.fields(cls):
+            own = getattr(task_smart, f.name) if task_smart is not None else None
+            values[f.name] = getattr(recipe_smart, f.name) if own is None else own
+        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,11 +166,11 @@ def adversarial_loss(model: nn.Module, task: str, kind: str, batch: dict[str, to
 @dataclass(frozen=True)
 class BetaSchedule:
     """beta for the first `switch` fraction of a stage's optimizer steps, then `final` (the paper: 0.99
-    for the first 10% of the updates, 0.999 after)."""
+    for the first 10% of the updates, 0.999 after; config.SmartConfig's beta, beta_final, beta_switch)."""
 
-    beta: float = 0.99
-    final: float = 0.999
-    switch: float = 0.1
+    beta: float
+    final: float
+    switch: float
 
     def at(self, step: int, steps: int) -> float:
         """beta after optimizer step `step` (0-based) of `steps`."""
@@ -191,3 +209,80 @@ class MomentumTeacher:
 def proximal_loss(kind: str, outputs: torch.Tensor, teacher_outputs: torch.Tensor) -> torch.Tensor:
     """The Bregman proximal term: the divergence between the model's outputs and the teacher's."""
     return divergence(kind, outputs, teacher_outputs.detach())
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective
+
+
+def stage_settings(recipe: Recipe, stage: StageConfig) -> dict[str, SmartSettings]:
+    """The SMART settings of each task of `stage` that trains with SMART there ({}: none does)."""
+    if stage.objective != "supervised":
+        return {}
+    settings = {}
+    for task in stage.tasks or list(recipe.tasks):
+        own = recipe.tasks[task].smart
+        enabled = own.enabled if own is not None and own.enabled is not None else recipe.smart.enabled
+        if stage.smart is not None:
+            enabled = stage.smart and (own is None or own.enabled is not False)
+        if enabled:
+            settings[task] = SmartSettings.of(recipe.smart, own)
+    return settings
+
+
+class Smart(Supervised):
+    """The supervised loss plus, for each task with SMART in the stage, adv_weight x the adversarial term and
+    prox_weight x the proximal term. After each optimizer step the teacher follows the model with the beta
+    of the step's place in its stage. Checkpoint parts: `smart_losses` (the terms since the last log record)
+    and, when a stage uses the proximal term, `smart_teacher`."""
+
+    def __init__(self, context: ObjectiveContext, stages: dict[int, StageConfig]):
+        super().__init__(context, stages)
+        if context.deepspeed:
+            raise MtbertError("smart: SMART is not available under DeepSpeed (its extra forwards and teacher run on "
+                              "the whole model); use DDP (accelerate_configs/multi_gpu.yaml) or switch smart off")
+        self.settings = {index: stage_settings(context.recipe, config) for index, config in stages.items()}
+        self.beta = BetaSchedule(context.recipe.smart.beta, context.recipe.smart.beta_final,
+                                 context.recipe.smart.beta_switch)
+        self.terms = LossMeter(context.device)
+        self.teacher = None
+        if any(self._uses_teacher(index) for index in stages):
+            self.teacher = MomentumTeacher(context.model)
+            self.teacher.model.to(context.device)
+
+    def _uses_teacher(self, index: int) -> bool:
+        return any(s.prox_weight > 0 for s in self.settings[index].values())
+
+    def state_parts(self) -> dict:
+        return {"smart_losses": self.terms} | ({"smart_teacher": self.teacher} if self.teacher is not None else {})
+
+    def start_stage(self, model: TrainingModel, stage: StageLike) -> None:
+        if self._uses_teacher(stage.index):
+            self.teacher.reset(model.module)  # the proximal term starts from the weights of now
+
+    def regulariser(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], outputs: torch.Tensor,
+                    stage: StageLike) -> torch.Tensor | float:
+        settings = self.settings[stage.index].get(task)
+        if settings is None:
+            return 0.0
+        kind, total = self.tasks[task].kind, 0.0
+        with model.autocast():
+            if settings.adv_weight:
+                adversarial = adversarial_loss(model.module, task, kind, batch, outputs, settings)
+                self.terms.add(f"{task}.adv", adversarial)
+                total = total + settings.adv_weight * adversarial
+            if settings.prox_weight:
+                proximal = proximal_loss(kind, outputs, self.teacher.outputs(task, batch))
+                self.terms.add(f"{task}.prox", proximal)
+                total = total + settings.prox_weight * proximal
+        return total
+
+    def after_step(self, model: TrainingModel, *, stage: StageLike, step: int) -> None:
+        if self._uses_teacher(stage.index):
+            self.teacher.update(model.module, self.beta.at(step - stage.start, stage.steps))
+
+    def log_values(self, stage: StageLike) -> dict:
+        return {"smart_loss": self.terms.means()}  # adversarial and proximal terms, per task
+
+    def describe(self, stage: StageLike) -> str:
+        return f"supervised + SMART ({', '.join(self.settings[stage.index])})"

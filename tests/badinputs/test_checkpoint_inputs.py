@@ -18,9 +18,9 @@ import pytest
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mtbert import faults
 from mtbert.config import load_recipe
-from mtbert.train import train
+from mtbert.training import faults
+from mtbert.training.loop import train
 
 from badinput import fails_cleanly
 from helpers import write_recipe

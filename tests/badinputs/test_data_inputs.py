@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtbert.checkpoint import export_model
 from mtbert.config import dump_recipe, load_recipe
 from mtbert.data.loading import load_tokenizer
+from mtbert.exported import export_model
 from mtbert.tasks import resolve_tasks
-from mtbert.train import build_model
+from mtbert.training.setup import build_model
 
 from badinput import fails_cleanly
 from helpers import write_recipe

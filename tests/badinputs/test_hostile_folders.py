@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mtbert import faults
-from mtbert.checkpoint import save_encoder
+from mtbert.commands.export import save_encoder
 from mtbert.config import load_recipe
 from mtbert.data.synthetic import save_tokenizer
 from mtbert.model.bert import BertConfig, BertModel
-from mtbert.train import train
+from mtbert.training import faults
+from mtbert.training.loop import train
 
 from badinput import fails_cleanly
 from conftest import WORDS

@@ -164,9 +164,10 @@ def test_cache_key_follows_the_template(cs224n_dir, tokenizer_dir):
 
 
 def test_trained_model_keeps_and_applies_its_prompt(tmp_path, tokenizer_dir):
-    from mtbert.checkpoint import load_model
-    from mtbert.prediction import parse_lines, predict_lines
-    from mtbert.train import head_spec, train
+    from mtbert.commands.predict import parse_lines, predict_lines
+    from mtbert.exported import load_model
+    from mtbert.training.loop import train
+    from mtbert.training.setup import head_spec
 
     recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir, tasks={"sst": {"prompt": "builtin"}},
                                       train={"max_steps": 4}))

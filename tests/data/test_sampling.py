@@ -6,7 +6,7 @@ import pytest
 
 from mtbert.config import parse_recipe
 from mtbert.data.sampling import TaskSampler, anneal_alpha, run_progress, total_steps
-from mtbert.stages import plan_stages
+from mtbert.training.stages import plan_stages
 
 SIZES = {"big": 8000, "mid": 2000, "small": 500}
 BATCHES = {"big": 250, "mid": 63, "small": 16}
@@ -74,7 +74,7 @@ def planned_stage(**train):
                            "tasks": {name: {} for name in SIZES}, "sampling": {"strategy": "annealed"},
                            "train": train})
     streams = {n: SimpleNamespace(pass_size=SIZES[n], batches_per_pass=BATCHES[n]) for n in SIZES}
-    (stage,) = plan_stages(recipe, streams, {}, recipe.train.grad_accum)
+    (stage,) = plan_stages(recipe, [SimpleNamespace(streams=streams)], recipe.train.grad_accum)  # its objective
     return stage
 
 

@@ -8,7 +8,7 @@ from mtbert.model.bert import BertConfig
 from mtbert.model.heads import HEAD_STYLES, HeadSpec, build_head
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.tasks import resolve_task
-from mtbert.train import head_spec
+from mtbert.training.setup import head_spec
 
 # What follows each hidden Linear, by style (the head starts with input Dropout and ends with the output Linear).
 STACKS = {

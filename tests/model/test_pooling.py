@@ -276,3 +276,11 @@ def test_stochastic_pooler_in_the_model_is_random_in_training_and_deterministic_
     first = m("t", batch)
     torch.manual_seed(123)  # eval does not draw: another seed gives the same output
     assert torch.equal(first, m("t", batch))
+
+
+def test_the_recipe_accepts_exactly_the_registered_poolers():
+    import typing
+
+    from mtbert.config import TaskConfig
+
+    assert set(typing.get_args(typing.get_type_hints(TaskConfig)["pooler"])) == set(POOLER_NAMES)

@@ -1,23 +1,26 @@
 """Contrastive losses against their definitions, the anchor/positive/negative sets, the triplet stream."""
 
 import math
+from types import SimpleNamespace
 
 import datasets
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mtbert.config import StageConfig
+from mtbert.data.triplets import TaskSentences, TripletError, TripletStream, build_triplets
+from mtbert.objectives.base import TrainingModel
 from mtbert.objectives.contrastive import (
-    TaskSentences,
-    TripletError,
-    TripletStream,
-    build_triplets,
+    Contrastive,
     contrastive_loss,
     lse_hinge_loss,
     lse_smooth_loss,
     multiple_negatives_ranking_loss,
     triplet_loss,
 )
+
+from helpers import objective_context
 
 
 def vectors(n: int = 4, width: int = 8, seed: int = 0) -> torch.Tensor:
@@ -175,3 +178,35 @@ def test_two_processes_split_each_triplet_batch_exactly():
         mine = [p["input_ids"].chunk(3)[third][:, 1].tolist() for p in parts]
         assert sorted(mine[0] + mine[1]) == sorted(whole.chunk(3)[third][:, 1].tolist())
         assert not set(mine[0]) & set(mine[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective, through the interface
+
+
+class VectorModel:
+    """A fake model that pools each row of a batch to a fixed vector of its first token ids."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, task, batch, **kwargs):
+        self.calls.append((task, kwargs))
+        return batch["input_ids"][:, :4].float()  # (3B, 4)
+
+
+def test_contrastive_draws_triplets_and_takes_the_stage_s_loss(tmp_path, tokenizer_dir):
+    context = objective_context(tmp_path, tokenizer_dir, ["tasks.sts.loss_weight=2.0"])
+    stages = {0: StageConfig(tasks=["sst", "sts"], objective="triplet"), 2: StageConfig(objective="lse_smooth")}
+    objective = Contrastive(context, stages)
+    assert list(objective.streams) == ["sst", "sts", "quora"]  # every task of its stages, in the order they come
+    assert list(objective.state_parts()) == ["triplet_streams"]
+    batch = objective.streams["sts"].next_batch()
+    assert batch["input_ids"].shape[0] == 3 * context.tasks["sts"].batch_size  # anchors, positives, negatives
+    fake = VectorModel()
+    for index, name, loss in ((0, "triplet", triplet_loss), (2, "lse_smooth", lse_smooth_loss)):
+        out = objective.loss(TrainingModel(fake, fake), "sts", batch, stage=SimpleNamespace(index=index), step=0)
+        expected = loss(*fake(("sts"), batch).chunk(3))
+        assert torch.equal(out.logged, expected) and torch.equal(out.loss, 2.0 * expected)
+        assert objective.describe(SimpleNamespace(index=index)) == name
+    assert fake.calls[0] == ("sts", {"vectors": True})

@@ -1,31 +1,45 @@
 """SMART's pieces on a tiny model: the adversarial term, its perturbation, divergences, the momentum teacher."""
 
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mtbert.config import SmartConfig, StageConfig
+from mtbert.errors import MtbertError
 from mtbert.model.bert import BertConfig
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
+from mtbert.objectives.base import TrainingModel
 from mtbert.objectives.smart import (
     BetaSchedule,
     MomentumTeacher,
+    Smart,
     SmartSettings,
     adversarial_loss,
     adversarial_noise,
     divergence,
     proximal_loss,
+    stage_settings,
     symmetric_kl,
 )
+from mtbert.objectives.supervised import Supervised
+
+from helpers import objective_context
 
 ENCODER = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
                      attention_probs_dropout_prob=0.0)
 TASKS = {"cls": TaskHeadSpec(kind="classes", num_outputs=3), "bin": TaskHeadSpec(kind="binary", num_outputs=1),
          "reg": TaskHeadSpec(kind="regression", num_outputs=1, encoding="siamese", pooler="mean")}
+def smart_settings(**values) -> SmartSettings:
+    """The recipe's default settings (config.SmartConfig: the paper's), with `values` instead."""
+    return dataclasses.replace(SmartSettings.of(SmartConfig()), **values)
+
+
 # Large enough a ball that the term is far from float rounding on a tiny random model.
-STRONG = SmartSettings(epsilon=1e-1, sigma=1e-2, step_size=1.0, steps=2, dropout_off=True)
+STRONG = smart_settings(epsilon=1e-1, sigma=1e-2, step_size=1.0, steps=2, dropout_off=True)
 
 
 def model(unpad: bool = False) -> MultiTaskModel:
@@ -63,7 +77,7 @@ def test_adversarial_term_is_positive_and_zero_for_a_constant_model(task, unpad)
 @pytest.mark.parametrize("norm", ["inf", "l2"])
 def test_the_perturbation_stays_in_the_ball_and_off_padding(norm):
     m, b = model(), batch()
-    settings = SmartSettings(epsilon=1e-3, sigma=1e-2, step_size=1.0, norm=norm)
+    settings = smart_settings(epsilon=1e-3, sigma=1e-2, step_size=1.0, norm=norm)
     embedded = m.embed("cls", b)
     noise = adversarial_noise(m, "cls", "classes", embedded, m("cls", b), settings)
     assert not noise.requires_grad and noise.grad_fn is None
@@ -80,7 +94,7 @@ def test_the_perturbation_ascends_the_divergence():
     torch.manual_seed(1)  # a random corner of the same ball
     start = torch.randn_like(embedded.hidden).sign() * 1e-3 * b["attention_mask"].unsqueeze(-1)
     ascended = adversarial_noise(m, "cls", "classes", embedded, clean,
-                                 SmartSettings(epsilon=1e-3, sigma=1e-3, step_size=1e-2, steps=3))
+                                 smart_settings(epsilon=1e-3, sigma=1e-3, step_size=1e-2, steps=3))
     at = [divergence("classes", m("cls", embedded=embedded.perturbed(n)), clean).item() for n in (start, ascended)]
     assert at[1] > 2 * at[0]  # the same size of noise, chosen by gradient, moves the outputs more
 
@@ -99,7 +113,7 @@ def test_its_gradient_reaches_the_parameters_and_not_the_noise():
         assert param.grad is not None and param.grad.abs().sum() > 0
     # Through adversarial_loss (training outputs reused, dropout on) the same holds.
     m.zero_grad(set_to_none=True)
-    adversarial_loss(m, "cls", "classes", b, m("cls", b), SmartSettings(epsilon=1e-2, sigma=1e-3)).backward()
+    adversarial_loss(m, "cls", "classes", b, m("cls", b), smart_settings(epsilon=1e-2, sigma=1e-3)).backward()
     assert m.heads["cls"][-1].weight.grad.abs().sum() > 0
 
 
@@ -110,7 +124,7 @@ def test_dropout_off_computes_in_eval_mode_and_restores_training():
     with torch.no_grad():
         m.heads["cls"][-1].weight.zero_()
     # Constant model: zero with dropout off; with dropout on, the clean training outputs reused are constant too.
-    assert adversarial_loss(m, "cls", "classes", batch(), None, SmartSettings(dropout_off=True)).item() == 0.0
+    assert adversarial_loss(m, "cls", "classes", batch(), None, smart_settings(dropout_off=True)).item() == 0.0
     assert m.training
 
 
@@ -187,3 +201,71 @@ def test_proximal_term_is_zero_at_the_teacher_and_positive_away_from_it():
     term.backward()
     assert m.heads["cls"][-1].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# The objective, through the interface
+
+
+def smart_context(tmp_path, tokenizer_dir, *overrides):
+    return objective_context(tmp_path, tokenizer_dir, ["smart.enabled=true", *overrides])
+
+
+def stage(index=0, start=0, steps=10, tasks=("sst", "quora", "sts")):
+    return SimpleNamespace(index=index, start=start, steps=steps, tasks=list(tasks))
+
+
+def test_smart_adds_its_weighted_terms_to_the_supervised_loss_and_logs_them(tmp_path, tokenizer_dir):
+    context = smart_context(tmp_path, tokenizer_dir, "tasks.sst.smart={adv_weight: 2.0, prox_weight: 0.0}")
+    objective = Smart(context, {0: StageConfig()})
+    model = TrainingModel(context.model.eval(), context.model)  # no dropout: both losses see the same outputs
+    batch = context.streams["sst"].next_batch()
+    torch.manual_seed(0)
+    out = objective.loss(model, "sst", batch, stage=stage(), step=0)
+    plain = Supervised(context, {0: StageConfig()}).loss(model, "sst", batch, stage=stage(), step=0)
+    terms = objective.log_values(stage())["smart_loss"]
+    assert set(terms) == {"sst.adv"} and terms["sst.adv"] > 0  # prox_weight 0: no proximal term for sst
+    assert torch.equal(out.logged, plain.logged)
+    assert out.loss.item() == pytest.approx(plain.loss.item() + 2.0 * terms["sst.adv"], rel=1e-5)
+    assert objective.log_values(stage()) == {"smart_loss": {}}  # read at each record
+    assert objective.describe(stage()) == "supervised + SMART (sst, quora, sts)"
+
+
+def test_the_teacher_starts_from_the_stage_s_weights_and_follows_with_the_stage_s_beta(tmp_path, tokenizer_dir):
+    context = smart_context(tmp_path, tokenizer_dir, "smart.beta=0.5", "smart.beta_final=0.9", "smart.beta_switch=0.2")
+    objective = Smart(context, {1: StageConfig()})
+    assert set(objective.state_parts()) == {"smart_losses", "smart_teacher"}
+    module = context.model
+    model, teacher = TrainingModel(module, module), objective.teacher.model
+    weight = lambda m: m.heads["sst"][-1].weight  # noqa: E731
+    with torch.no_grad():
+        weight(module).add_(1.0)  # the weights moved on since the teacher was made (an earlier stage)
+    objective.start_stage(model, stage(index=1, start=10, steps=10))
+    assert torch.equal(weight(teacher), weight(module))
+    before = weight(teacher).clone()
+    with torch.no_grad():
+        weight(module).add_(1.0)
+    objective.after_step(model, stage=stage(index=1, start=10, steps=10), step=11)  # 2nd of 10 steps: beta 0.5
+    assert torch.allclose(weight(teacher), before + 0.5)
+    objective.after_step(model, stage=stage(index=1, start=10, steps=10), step=12)  # 3rd: past the switch, 0.9
+    assert torch.allclose(weight(teacher), before + 0.5 + 0.1 * 0.5)
+
+
+def test_no_teacher_without_a_proximal_term_and_none_under_deepspeed(tmp_path, tokenizer_dir):
+    context = smart_context(tmp_path, tokenizer_dir, "smart.prox_weight=0")
+    objective = Smart(context, {0: StageConfig()})
+    assert objective.teacher is None and set(objective.state_parts()) == {"smart_losses"}
+    objective.start_stage(TrainingModel(context.model, context.model), stage())  # nothing to reset
+    context.deepspeed = True
+    with pytest.raises(MtbertError, match="^smart: SMART is not available under DeepSpeed"):
+        Smart(context, {0: StageConfig()})
+
+
+def test_a_task_s_settings_override_the_recipe_s_and_a_stage_may_switch_smart_off(tmp_path, tokenizer_dir):
+    context = smart_context(tmp_path, tokenizer_dir, "tasks.sts.smart={enabled: false}",
+                            "tasks.quora.smart={epsilon: 0.5}")
+    settings = stage_settings(context.recipe, StageConfig())
+    assert list(settings) == ["sst", "quora"] and settings["quora"].epsilon == 0.5
+    assert settings["sst"] == SmartSettings.of(context.recipe.smart)
+    assert stage_settings(context.recipe, StageConfig(smart=False)) == {}
+    assert stage_settings(context.recipe, StageConfig(objective="triplet")) == {}

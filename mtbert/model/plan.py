@@ -1,0 +1,456 @@
+"""The sharing-plan language: which copy of each encoder part every task runs through. Torch-free, so
+that reading a recipe (mtbert/config.py) checks a plan without importing the model.
+
+A *sharing plan* gives the embeddings and every encoder layer a mode:
+
+- ``frozen``: one copy, never updated;
+- ``shared``: one copy, trained by every task;
+- ``individual``: one copy per task group (``groups: [[quora, sts]]``); a task in no group gets its own.
+
+*Relational* layers are extra encoder layers stacked on top for one task group (the paraphrase +
+similarity layer of the multi-task minBERT studies). Each copy is named by its owner — ``frozen``,
+``shared``, or a group's tasks joined by ``+`` such as ``quora+sts``. A task's *branch* is the path of
+owners its stack runs through, bottom first (`SharingPlan.path`); mtbert/model/sharing.py builds the
+module from a resolved plan.
+
+Plans arrive as plain data — a short string or a mapping — so this module knows nothing of YAML;
+a bad plan raises SharingPlanError carrying the path of the offending key below ``model.sharing``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+MODES = ("frozen", "shared", "individual")
+RELATIONAL_INITS = ("copy_top", "random")
+_LETTERS = {"F": "frozen", "S": "shared", "I": "individual"}
+# Owner names a task group may not take: the single copies are called by their mode.
+_RESERVED = ("frozen", "shared")
+
+SHORT_FORMS = ("shared | frozen | individual, or a layer string such as F2-S3-I1: segments F<n> (frozen), "
+               "S<n> (shared), I<n> (individual) or I<n>[quora+sts] (groups, comma-separated) joined by '-', "
+               "bottom first, optionally led by an embeddings segment (EF, ES, EI[...]) and followed by "
+               "relational layers +R<n>[quora+sts]")
+
+
+class SharingPlanError(ValueError):
+    """A plan that cannot be built; `path` leads to the offending key below `model.sharing`."""
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message, self.path = message, tuple(str(p) for p in path)
+
+    def __str__(self) -> str:
+        return f"{'.'.join(('model', 'sharing', *self.path))}: {self.message}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The resolved plan
+
+
+@dataclass(frozen=True)
+class Part:
+    """How one part (the embeddings or one layer) is shared."""
+
+    mode: str
+    "frozen, shared or individual."
+    groups: tuple[tuple[str, ...], ...] = ()
+    "individual: the task groups, one copy each; a resolved plan lists every task in exactly one group."
+
+
+@dataclass(frozen=True)
+class Relational:
+    """Extra layers on top of the encoder, owned by one task group."""
+
+    tasks: tuple[str, ...]
+    "The owning group, in task order."
+    layers: int = 1
+    "How many extra layers."
+    init: str = "copy_top"
+    "copy_top: copies of the encoder's top layer as loaded; random: BERT's normal initialisation."
+
+    @property
+    def owner(self) -> str:
+        return "+".join(self.tasks)
+
+
+class BranchPath(NamedTuple):
+    """The copy each part of one task's stack comes from."""
+
+    embeddings: str
+    layers: tuple[str, ...]
+    "One owner per layer, bottom first; relational layers last."
+
+    @property
+    def pooler(self) -> str:
+        return self.layers[-1] if self.layers else self.embeddings
+
+
+@dataclass(frozen=True)
+class SharingPlan:
+    """A plan resolved against an encoder and a task list: every part of every task has one owner."""
+
+    tasks: tuple[str, ...]
+    embeddings: Part
+    layers: tuple[Part, ...]
+    relational: tuple[Relational, ...] = ()
+    text: str = ""
+    "The plan as written (a short string), for display; empty for a structured plan."
+
+    def owner(self, part: Part, task: str) -> str:
+        if part.mode != "individual":
+            return part.mode
+        return next("+".join(group) for group in part.groups if task in group)
+
+    def relational_of(self, task: str) -> Relational | None:
+        return next((r for r in self.relational if task in r.tasks), None)
+
+    def path(self, task: str) -> BranchPath:
+        if task not in self.tasks:
+            raise ValueError(f"task {task!r} is not in the sharing plan; its tasks: {', '.join(self.tasks)}")
+        layers = [self.owner(part, task) for part in self.layers]
+        extra = self.relational_of(task)
+        if extra is not None:
+            layers += [extra.owner] * extra.layers
+        return BranchPath(self.owner(self.embeddings, task), tuple(layers))
+
+    def branches(self) -> dict[BranchPath, tuple[str, ...]]:
+        """Each distinct branch and the tasks that run through it, in task order."""
+        found: dict[BranchPath, tuple[str, ...]] = {}
+        for task in self.tasks:
+            path = self.path(task)
+            found[path] = found.get(path, ()) + (task,)
+        return found
+
+    def describe(self) -> str:
+        """One line, e.g. `embeddings shared | layers 0-3 shared | 4-5 individual [sst] [quora+sts] | ...`."""
+        def part_text(part: Part) -> str:
+            return part.mode + "".join(f" [{'+'.join(g)}]" for g in part.groups)
+
+        runs: list[tuple[int, int, str]] = []
+        for i, part in enumerate(self.layers):
+            text = part_text(part)
+            if runs and runs[-1][2] == text:
+                runs[-1] = (runs[-1][0], i, text)
+            else:
+                runs.append((i, i, text))
+        layers = ", ".join(f"{a}-{b} {t}" if a != b else f"{a} {t}" for a, b, t in runs)
+        parts = [f"embeddings {part_text(self.embeddings)}", f"layers {layers}"]
+        parts += [f"relational {r.layers} layer(s) [{r.owner}] ({r.init})" for r in self.relational]
+        return " | ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "tasks": list(self.tasks), "embeddings": _part_dict(self.embeddings),
+                "layers": [_part_dict(p) for p in self.layers],
+                "relational": [{"tasks": list(r.tasks), "layers": r.layers, "init": r.init} for r in self.relational]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SharingPlan:
+        def part(d: dict) -> Part:
+            return Part(d["mode"], tuple(tuple(g) for g in d.get("groups", ())))
+
+        return cls(tasks=tuple(data["tasks"]), embeddings=part(data["embeddings"]),
+                   layers=tuple(part(p) for p in data["layers"]),
+                   relational=tuple(Relational(tuple(r["tasks"]), r["layers"], r["init"])
+                                    for r in data.get("relational", ())),
+                   text=data.get("text", ""))
+
+
+def _part_dict(part: Part) -> dict:
+    return {"mode": part.mode, "groups": [list(g) for g in part.groups]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a plan: a short string or a mapping -> checked spec -> resolved against the layer count
+
+
+@dataclass
+class _Range:
+    start: int
+    end: int | None
+    "Inclusive; None reaches the top of the encoder."
+    part: Part
+    "Groups as written (tasks in no group are filled in by resolve)."
+    path: tuple[str, ...]
+    text: str
+
+
+@dataclass
+class PlanSpec:
+    """A plan checked against the task names, not yet against the encoder's layer count."""
+
+    tasks: list[str]
+    text: str
+    "The short string as written; empty for a mapping."
+    embeddings: Part | None
+    "None: as the bottom layer."
+    ranges: list[_Range]
+    relational: list[Relational]
+    counted: int | None = None
+    "For a layer string, the sum of its counts, which must equal the encoder's layer count."
+
+    def resolve(self, num_layers: int) -> SharingPlan:
+        """Check the ranges against the layer count and give every task an owner for every part."""
+        if self.counted is not None and self.counted != num_layers:
+            raise SharingPlanError(f"the layer counts of {self.text!r} add up to {self.counted}, but the encoder "
+                                   f"has {num_layers} layers")
+        layers: list[Part | None] = [None] * num_layers
+        for r in self.ranges:
+            end = num_layers - 1 if r.end is None else r.end
+            if end >= num_layers:
+                raise SharingPlanError(f"layer {end} is out of range: the encoder has {num_layers} layers, "
+                                       f"0-{num_layers - 1}", r.path)
+            for i in range(r.start, end + 1):
+                layers[i] = _fill_groups(r.part, self.tasks)
+        missing = [str(i) for i, part in enumerate(layers) if part is None]
+        if missing:
+            raise SharingPlanError(f"no mode for layer(s) {', '.join(missing)}: the ranges must cover every layer "
+                                   f"of the encoder (0-{num_layers - 1}) exactly once", ("layers",))
+        if self.embeddings is not None:
+            embeddings = _fill_groups(self.embeddings, self.tasks)
+        else:  # as the bottom layer
+            embeddings = layers[0] if layers else Part("shared")
+        if self.relational and num_layers == 0:
+            raise SharingPlanError("relational layers need an encoder with at least one layer")
+        for part in [embeddings, *layers]:
+            for group in part.groups:
+                _check_owner(group)
+        for extra in self.relational:
+            _check_owner(extra.tasks)
+        return SharingPlan(tuple(self.tasks), embeddings, tuple(layers), tuple(self.relational), self.text)
+
+
+def parse_plan(spec: Any, tasks: list[str]) -> PlanSpec:
+    """Check a plan (a short string or a mapping) against the task names."""
+    if isinstance(spec, str):
+        return _parse_short(spec, tasks)
+    if isinstance(spec, dict):
+        return _parse_mapping(spec, tasks)
+    raise SharingPlanError(f"expected {SHORT_FORMS}; or a mapping with embeddings, layers and relational; "
+                           f"got {spec!r}")
+
+
+def resolve_plan(spec: Any, num_layers: int, tasks: list[str]) -> SharingPlan:
+    """parse_plan, then resolve against an encoder of `num_layers` layers."""
+    return parse_plan(spec, tasks).resolve(num_layers)
+
+
+def _split_outside_brackets(text: str, separator: str) -> list[str]:
+    pieces, depth, current = [], 0, []
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == separator and depth == 0:
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    pieces.append("".join(current))
+    return pieces
+
+
+_SEGMENT = re.compile(r"(?P<letter>[FSI])(?P<count>\d+)(?:\[(?P<groups>[^\[\]]*)\])?")
+_EMBEDDINGS = re.compile(r"E(?P<letter>[FSI])(?:\[(?P<groups>[^\[\]]*)\])?")
+_RELATIONAL = re.compile(r"R(?P<count>\d+)\[(?P<groups>[^\[\]]*)\]")
+
+
+def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
+    text = text.strip()
+    base, *extras = _split_outside_brackets(text, "+")
+
+    def unreadable(piece: str) -> SharingPlanError:
+        within = f" in {text!r}" if piece.strip() != text else ""
+        return SharingPlanError(f"cannot read {piece!r}{within}; expected {SHORT_FORMS}")
+
+    relational = []
+    for piece in extras:
+        match = _RELATIONAL.fullmatch(piece.strip())
+        if not match:
+            raise unreadable(piece)
+        groups = _parse_groups(match["groups"], tasks, ())
+        if len(groups) != 1:
+            raise SharingPlanError(f"{piece!r}: a relational segment is owned by one task group, e.g. "
+                                   f"R1[quora+sts]; write one segment per group")
+        relational.append(Relational(groups[0], _count(match["count"], piece)))
+    _check_relational(relational, ())
+
+    base = base.strip()
+    if base in MODES:
+        return PlanSpec(tasks, text, None, [_Range(0, None, Part(base), (), base)], relational)
+    segments = _split_outside_brackets(base, "-")
+    embeddings = None
+    if segments[0].startswith("E"):
+        match = _EMBEDDINGS.fullmatch(segments[0])
+        if not match:
+            raise unreadable(segments[0])
+        embeddings = _part(_LETTERS[match["letter"]], _parse_groups(match["groups"], tasks, ()), ())
+        segments = segments[1:]
+    ranges, start = [], 0
+    for segment in segments:
+        match = _SEGMENT.fullmatch(segment)
+        if not match:
+            raise unreadable(segment)
+        count = _count(match["count"], segment)
+        part = _part(_LETTERS[match["letter"]], _parse_groups(match["groups"], tasks, ()), ())
+        ranges.append(_Range(start, start + count - 1, part, (), segment))
+        start += count
+    if not ranges:
+        raise unreadable(base)
+    return PlanSpec(tasks, text, embeddings, ranges, relational, counted=start)
+
+
+def _count(digits: str, piece: str) -> int:
+    if int(digits) < 1:
+        raise SharingPlanError(f"{piece!r}: a segment covers at least 1 layer")
+    return int(digits)
+
+
+def _parse_groups(text: str | None, tasks: list[str], path: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    """'quora+sts,sst' -> (('quora', 'sts'), ('sst',)); None (no brackets) -> ()."""
+    if text is None:
+        return ()
+    groups = [[t.strip() for t in group.split("+")] for group in text.split(",")]
+    return _check_groups(groups, tasks, path)
+
+
+def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
+    seen: dict[str, int] = {}
+    checked = []
+    for i, group in enumerate(groups):
+        if isinstance(group, str):
+            group = [group]
+        if not group or any(not isinstance(t, str) or not t for t in group):
+            raise SharingPlanError(f"group {i} {group!r} must name at least one task", path)
+        for task in group:
+            if task not in tasks:
+                near = difflib.get_close_matches(task, tasks, n=1)
+                hint = f"did you mean {near[0]!r}? " if near else ""
+                raise SharingPlanError(f"group {_group_text(group)} names {task!r}, which is not a task of "
+                                       f"this recipe; {hint}its tasks: {', '.join(tasks)}", path)
+            if task in seen:
+                where = "twice in one group" if seen[task] == i else "in two groups"
+                raise SharingPlanError(f"task {task!r} is {where}; a task runs through one copy of each layer",
+                                       path)
+            seen[task] = i
+        checked.append(tuple(t for t in tasks if t in group))
+    return tuple(checked)
+
+
+def _group_text(group) -> str:
+    return "[" + ", ".join(map(str, group)) + "]"
+
+
+def _part(mode: str, groups: tuple, path: tuple[str, ...]) -> Part:
+    if groups and mode != "individual":
+        raise SharingPlanError(f"groups are only for mode individual, not {mode}", path + ("groups",) if path else ())
+    return Part(mode, groups)
+
+
+def _check_relational(relational: list[Relational], path: tuple[str, ...]) -> None:
+    owners: dict[str, int] = {}
+    for i, extra in enumerate(relational):
+        for task in extra.tasks:
+            if task in owners:
+                raise SharingPlanError(f"task {task!r} is in two relational groups; a task has one stack",
+                                       path + ((str(i),) if path else ()))
+            owners[task] = i
+
+
+def _parse_mapping(spec: dict, tasks: list[str]) -> PlanSpec:
+    unknown = set(spec) - {"embeddings", "layers", "relational"}
+    if unknown:
+        raise SharingPlanError(f"unknown key(s) {', '.join(sorted(unknown))}; a structured plan has embeddings, "
+                               f"layers and relational")
+    embeddings = None
+    raw_embeddings = spec.get("embeddings")
+    if isinstance(raw_embeddings, str):
+        raw_embeddings = {"mode": raw_embeddings}
+    if raw_embeddings is not None:
+        embeddings = _mapping_part(raw_embeddings, tasks, ("embeddings",))
+    layers = spec.get("layers") or []
+    if not isinstance(layers, list) or not layers:
+        raise SharingPlanError("a structured plan lists its layer ranges, e.g. [{range: 0-3, mode: frozen}, "
+                               "{range: 4-5, mode: shared}]", ("layers",))
+    ranges: list[_Range] = []
+    for i, entry in enumerate(layers):
+        path = ("layers", str(i))
+        if not isinstance(entry, dict) or "range" not in entry:
+            raise SharingPlanError("each entry needs a range (3, 0-3 or all) and a mode", path)
+        start, end = _parse_range(entry["range"], path + ("range",))
+        text = "all layers" if end is None else f"layers {start}-{end}" if start != end else f"layer {start}"
+        new = _Range(start, end, _mapping_part(entry, tasks, path), path + ("range",), text)
+        for other in ranges:
+            top = float("inf")  # an open range reaches the top, whatever the layer count
+            if new.start <= (top if other.end is None else other.end) and \
+                    other.start <= (top if new.end is None else new.end):
+                verb = "overlaps" if new.start == new.end else "overlap"
+                raise SharingPlanError(f"{new.text} {verb} {other.text} (model.sharing.{'.'.join(other.path[:2])})",
+                                       new.path)
+        ranges.append(new)
+    relational = []
+    for i, entry in enumerate(spec.get("relational") or []):
+        path = ("relational", str(i))
+        if not isinstance(entry, dict) or not entry.get("tasks"):
+            raise SharingPlanError("a relational entry names its task group, e.g. {tasks: [quora, sts]}", path)
+        groups = _check_groups([entry["tasks"]], tasks, path + ("tasks",))
+        count = entry.get("layers", 1)
+        if not isinstance(count, int) or count < 1:
+            raise SharingPlanError(f"must be at least 1, got {count!r}", path + ("layers",))
+        init = entry.get("init") or "copy_top"
+        if init not in RELATIONAL_INITS:
+            raise SharingPlanError(f"expected one of {', '.join(RELATIONAL_INITS)}, got {init!r}", path + ("init",))
+        relational.append(Relational(groups[0], count, init))
+    _check_relational(relational, ("relational",))
+    return PlanSpec(tasks, "", embeddings, ranges, relational)
+
+
+def _mapping_part(entry: dict, tasks: list[str], path: tuple[str, ...]) -> Part:
+    mode = entry.get("mode")
+    if mode not in MODES:
+        raise SharingPlanError(f"expected one of {', '.join(MODES)}, got {mode!r}", path + ("mode",))
+    groups = entry.get("groups") or []
+    if not isinstance(groups, list):
+        raise SharingPlanError(f"expected a list of task groups, e.g. [[quora, sts]], got {groups!r}",
+                               path + ("groups",))
+    return _part(mode, _check_groups(groups, tasks, path + ("groups",)), path)
+
+
+def _parse_range(value: Any, path: tuple[str, ...]) -> tuple[int, int | None]:
+    text = str(value).strip()
+    if text == "all":
+        return 0, None
+    match = re.fullmatch(r"(\d+)(?:\s*-\s*(\d+))?", text)
+    if not match:
+        raise SharingPlanError(f"expected a layer index (3), an inclusive range (0-3) or all, got {value!r}", path)
+    start = int(match[1])
+    end = int(match[2]) if match[2] is not None else start
+    if end < start:
+        raise SharingPlanError(f"range {text} runs backwards; write {end}-{start}", path)
+    return start, end
+
+
+def _fill_groups(part: Part, tasks: list[str]) -> Part:
+    """Every task in exactly one group: the written groups, then each remaining task alone, in task order."""
+    if part.mode != "individual":
+        return part
+    groups = {task: group for group in part.groups for task in group}
+    filled = []
+    for task in tasks:
+        group = groups.get(task, (task,))
+        if group not in filled:
+            filled.append(group)
+    return Part("individual", tuple(filled))
+
+
+def _check_owner(group: tuple[str, ...]) -> None:
+    """A group's copy is named by its tasks joined with '+': that name must be unambiguous."""
+    owner = "+".join(group)
+    if owner in _RESERVED:
+        raise SharingPlanError(f"a task named {owner!r} cannot own a copy of encoder weights: the {owner} copy "
+                               f"has that name; rename the task")
+    for task in group:
+        if "+" in task or "." in task:
+            raise SharingPlanError(f"task {task!r} owns a copy of encoder weights, so its name cannot hold '+' "
+                                   f"(copy names join task names with it) or '.' (parameter names use it)")
