@@ -19,6 +19,7 @@ for gradient surgery, on its gradient) at the logged step, which `mtbert report`
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import torch
@@ -51,7 +52,8 @@ class LearnedVector:
         self.values.grad = None
 
     def state_dict(self) -> dict:
-        return {"values": self.values.detach().cpu(), "optimizer": self.optimizer.state_dict()}
+        """A copy: later steps do not change it (the optimizer's own state_dict holds its live moment tensors)."""
+        return {"values": self.values.detach().cpu().clone(), "optimizer": copy.deepcopy(self.optimizer.state_dict())}
 
     def load_state_dict(self, state: dict) -> None:
         with torch.no_grad():
