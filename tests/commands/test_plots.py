@@ -106,7 +106,8 @@ def test_task_weights_one_line_per_task_from_the_records_that_have_them(tmp_path
     records.append({"step": 15, "dev": {"overall": 0.3}})  # an evaluation record: no weights, skipped
     path = plots.task_weights(records, ["a", "b", "c"], tmp_path / "w.png", title="run")
     assert png_size(path) == (960, 720) and ink(path) > 0.015
-    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in drawn[0].axes[0].get_lines()}
+    axes = drawn[0].axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
     assert set(lines) == {"a", "b"}  # c has no weights logged
     assert lines["a"] == ([5, 10, 15], [0.5, 1.0, 1.5]) and lines["b"][1] == [1.5, 1.0, 0.5]
 
