@@ -538,6 +538,10 @@ def balancing_of(recipe: Recipe, stage: StageConfig) -> BalancingConfig:
 
 
 def _check_balancing_and_distillation(recipe: Recipe, err) -> None:
+    for name, task in recipe.tasks.items():
+        if task.routing is not None and task.pooler != "routing":
+            raise err(("tasks", name, "routing"), f"sets the routing pooler's sizes, but the task's pooler is "
+                      f"{task.pooler} (pooler: routing)")
     for i, stage in enumerate(stage_configs(recipe)):
         path = ("stages", str(i)) if recipe.stages else ()
         balancing = balancing_of(recipe, stage)
