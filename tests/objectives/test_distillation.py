@@ -87,6 +87,7 @@ def test_a_teacher_that_predicts_otherwise_is_one_clear_error(tmp_path, tokenize
         assert "\n" not in str(error.value) and str(teacher) in str(error.value)
 
 
+@pytest.mark.slow
 def test_a_distillation_stage_trains_and_logs_its_term(tmp_path, tokenizer_dir, teacher):
     path = write_recipe(tmp_path, tokenizer_dir, distillation={"teachers": [str(teacher)]},
                         stages=[{"objective": "distillation"}])
