@@ -45,11 +45,16 @@ def pcgrad_by_hand(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
     return p1 + p2
 
 
-def test_the_objectives_update_is_pcgrad_of_the_per_task_gradients(context):  # noqa: F811
-    objective = build(GradientSurgery, context, method="pcgrad")
+@pytest.mark.parametrize("accumulated", [False, True], ids=["all_tasks", "one_task_per_micro_batch"])
+def test_the_objectives_update_is_pcgrad_of_the_per_task_gradients(context, accumulated):  # noqa: F811
+    # all_tasks: both tasks in one micro-batch. Accumulated (round_robin, grad_accum 2): one task per micro-batch,
+    # each loss divided by 2, aggregated at the second; PCGrad is homogeneous, so the update is half the first's.
+    grad_accum = 2 if accumulated else 1
+    recipe = dataclasses.replace(context.recipe, train=dataclasses.replace(context.recipe.train,
+                                                                          grad_accum=grad_accum))
+    objective = build(GradientSurgery, dataclasses.replace(context, recipe=recipe), method="pcgrad")
     module = context.model.eval()  # no dropout: the hand computation's forwards equal the objective's
     module.zero_grad()
-    model = TrainingModel(forward=module, module=module)
     stage = SimpleNamespace(index=0, start=0, steps=10, tasks=PAIR)
     batches = {task: context.streams[task].next_batch() for task in PAIR}
     shared, owned = parameter_split(module, PAIR)
@@ -60,14 +65,20 @@ def test_the_objectives_update_is_pcgrad_of_the_per_task_gradients(context):  # 
         grads[task] = torch.autograd.grad(loss, shared + owned[task], allow_unused=True)
     flat = {task: torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                              for g, p in zip(grads[task][:len(shared)], shared)]) for task in PAIR}
-    expected = pcgrad_by_hand(flat["sst"], flat["quora"])
-    losses = {task: objective.loss(model, task, batches[task], stage=stage, step=0).loss for task in PAIR}
-    objective.backward(model, losses, lambda total: pytest.fail("surgery takes its own gradients"))
+    expected = pcgrad_by_hand(flat["sst"], flat["quora"]) / grad_accum
+    micro_batches = [[task] for task in PAIR] if accumulated else [PAIR]
+    for number, tasks in enumerate(micro_batches):
+        last = number == len(micro_batches) - 1
+        model = TrainingModel(forward=module, module=module, sync_gradients=lambda last=last: last)
+        losses = {task: objective.loss(model, task, batches[task], stage=stage, step=0).loss for task in tasks}
+        objective.backward(model, losses, lambda total: pytest.fail("surgery takes its own gradients"))
+        if not last:
+            assert all(p.grad is None for p in shared)  # nothing aggregated before the step's last micro-batch
     got = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in shared])
     assert torch.allclose(got, expected, atol=1e-6, rtol=1e-4)
     for task in PAIR:  # each task's own parameters: their ordinary gradient
         for p, g in zip(owned[task], grads[task][len(shared):]):
-            assert torch.allclose(p.grad, g, atol=1e-7)
+            assert torch.allclose(p.grad, g / grad_accum, atol=1e-7)
     module.zero_grad()
 
 
