@@ -111,8 +111,7 @@ CHANGES = {
 CHECKED_ONLY = {"num_labels", "label_range"}
 # Fields used after tokenising (model, loss, sampling, scoring), or only to name the cache file.
 NOT_READ = {"name", "metrics", "main_metric", "pooler", "pooler_options", "siamese_regression", "head", "batch_size",
-            "loss_weight",
-            "max_train_examples", "class_balanced"}
+            "loss_weight", "max_train_examples", "class_balanced"}
 
 
 def test_every_task_field_is_accounted_for():
