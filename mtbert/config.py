@@ -287,8 +287,10 @@ class TaskConfig:
     "The metric(s) whose mean is the task's main score."
     hub: HubConfig | None = None
     "Hub fallback when the task's local folder does not exist."
-    pooler: Literal["cls", "cls_raw", "mean", "max", "mean_max", "swap", "stochastic"] = "cls"
-    "How token vectors become one vector: cls (BERT pooler), cls_raw, mean, max, mean_max, swap or stochastic."
+    pooler: Literal["cls", "cls_raw", "mean", "max", "mean_max", "swap", "stochastic", "routing"] = "cls"
+    "How token vectors become one vector: cls (BERT pooler), cls_raw, mean, max, mean_max, swap, stochastic or routing."
+    routing: RoutingConfig | None = None
+    "pooler routing: outputs, size and iterations of the routing (null: its defaults)."
     pair_encoding: Literal["cross", "siamese"] = "cross"
     "Sentence pairs: cross ([CLS] a [SEP] b) or siamese (each sentence alone, then combined)."
     siamese_regression: Literal["features", "cosine"] = "features"
@@ -448,7 +450,7 @@ class SmartConfig:
 
 
 ContrastiveObjective = Literal["ranking", "triplet", "lse_hinge", "lse_smooth"]
-Objective = Literal["supervised", "ranking", "triplet", "lse_hinge", "lse_smooth"]
+Objective = Literal["supervised", "ranking", "triplet", "lse_hinge", "lse_smooth", "distillation"]
 
 
 @ranges(scale=ABOVE_0, margin=AT_LEAST_0, positive_min=FINITE, negative_max=FINITE,
@@ -469,6 +471,99 @@ class ContrastiveConfig:
     "Probability that a triplet's negative is a sentence of another task of the stage instead."
 
 
+# ---------------------------------------------------------------------------------------------
+# Task balancing, distillation and the routing pooler (objectives/balancing.py, distillation.py, model/routing.py)
+
+BalancingMethod = Literal["static", "uncertainty", "dwa", "gradnorm", "famo", "pcgrad", "cagrad", "upgrad", "mgda"]
+SURGERY_METHODS = ("pcgrad", "cagrad", "upgrad", "mgda")
+"Gradient surgery: one gradient per task, combined by a torchjd aggregator."
+EVERY_TASK_METHODS = ("gradnorm", "famo", *SURGERY_METHODS)
+"Methods that need every task of the stage in each optimizer step."
+
+
+@ranges(lr=ABOVE_0, weight_decay=AT_LEAST_0, temperature=ABOVE_0, window=AT_LEAST_1, alpha=AT_LEAST_0,
+        cagrad_c=AT_LEAST_0)
+@dataclass
+class BalancingConfig:
+    """How a stage's task losses become one update: static weights, learned or adaptive weights, or gradient
+    surgery. Each task's loss_weight still multiplies its loss first."""
+
+    method: BalancingMethod = "static"
+    """static (each task's loss_weight), uncertainty (Kendall et al. 2018), dwa (Liu et al. 2019), gradnorm
+    (Chen et al. 2018), famo (Liu et al. 2023), or gradient surgery: pcgrad, cagrad, upgrad, mgda (torchjd)."""
+    lr: float = 0.025
+    "Learning rate of the learned weights (uncertainty, gradnorm, famo), stepped by their own Adam."
+    weight_decay: float = 1e-3
+    "famo: decay of its task logits (gamma); the other learned weights are not decayed."
+    temperature: float = 2.0
+    "dwa: T, the softmax temperature over the tasks' loss ratios."
+    window: int = 50
+    "dwa: optimizer steps per window, the 'epoch' whose mean losses the weights follow."
+    alpha: float = 1.5
+    "gradnorm: the asymmetry alpha; higher pulls the tasks' training rates together harder."
+    cagrad_c: float = 0.4
+    "cagrad: c, the radius of the ball around the mean gradient the update is sought in."
+
+
+@ranges(weight=PROBABILITY, temperature=ABOVE_0)
+@dataclass
+class DistillationConfig:
+    """Distillation stages: a student learns from per-task teachers (Hinton et al. 2015; MT-DNN's multi-task
+    distillation, Liu et al. 2019), mixed with the gold labels."""
+
+    teachers: list[str] = field(default_factory=list)
+    "Folders of exported mtbert models; each teaches the student's tasks it has, several of one task are averaged."
+    weight: float = 0.5
+    "Share of the teachers' term: (1 - weight) x the gold loss + weight x the teachers' loss."
+    temperature: float = 1.0
+    "Softens teacher and student probabilities (classes, binary); that term is multiplied by T^2."
+
+
+@ranges(outputs=AT_LEAST_1, size=AT_LEAST_1, iterations=AT_LEAST_1)
+@dataclass
+class RoutingConfig:
+    """The routing pooler (Heinsen 2022): the real tokens are routed to a few vectors, concatenated for the head."""
+
+    outputs: int = 4
+    "Vectors the tokens are routed to."
+    size: int | None = None
+    "Width of each routed vector; null: hidden size / outputs. A Linear maps the concatenation to the hidden size."
+    iterations: int = 2
+    "Routing iterations (expectation, then maximisation steps)."
+
+
+def balancing_of(recipe: Recipe, stage: StageConfig) -> BalancingConfig:
+    """The balancing of `stage`: its own, else the recipe's, else static weights."""
+    return stage.balancing or recipe.balancing or BalancingConfig()
+
+
+def _check_balancing_and_distillation(recipe: Recipe, err) -> None:
+    for name, task in recipe.tasks.items():
+        if task.routing is not None and task.pooler != "routing":
+            raise err(("tasks", name, "routing"), f"sets the routing pooler's sizes, but the task's pooler is "
+                      f"{task.pooler} (pooler: routing)")
+    for i, stage in enumerate(stage_configs(recipe)):
+        path = ("stages", str(i)) if recipe.stages else ()
+        balancing = balancing_of(recipe, stage)
+        where = (*path, "balancing", "method") if stage.balancing else ("balancing", "method")
+        if balancing.method != "static" and stage.objective != "supervised":
+            raise err(where, f"balancing weighs supervised losses; the {stage.objective} stage has its own")
+        tasks = stage.tasks or list(recipe.tasks)
+        sampling = stage.sampling or recipe.sampling
+        accum = recipe.train.grad_accum
+        every_step = sampling.strategy == "all_tasks" or (balancing.method != "famo" and accum % len(tasks) == 0
+                                                          and sampling.strategy == "round_robin")
+        if balancing.method in EVERY_TASK_METHODS and (len(tasks) < 2 or not every_step):
+            window = "" if balancing.method == "famo" else (", or round_robin with train.grad_accum a multiple of the "
+                                                             "number of tasks")
+            raise err(where, f"{balancing.method} compares the tasks within each optimizer step, so it needs at least "
+                      f"two tasks and sampling.strategy all_tasks{window} (here {len(tasks)} task(s), "
+                      f"{sampling.strategy}, grad_accum {accum})")
+        if stage.objective == "distillation" and not (recipe.distillation and recipe.distillation.teachers):
+            raise err((*path, "objective"), "a distillation stage needs teachers: distillation.teachers: "
+                      "[folders of exported mtbert models]")
+
+
 @ranges(epochs=AT_LEAST_1, max_steps=AT_LEAST_1, lr=ABOVE_0, warmup_ratio=FRACTION)
 @dataclass
 class StageConfig:
@@ -479,7 +574,7 @@ class StageConfig:
     tasks: list[str] | None = None
     "The tasks this stage trains on; null: all the recipe's tasks."
     objective: Objective = "supervised"
-    "supervised (the tasks' own losses), or contrastive on pooled vectors: ranking, triplet, lse_hinge, lse_smooth."
+    "supervised (the tasks' own losses), distillation (teachers' outputs), or ranking, triplet, lse_hinge, lse_smooth."
     smart: bool | None = None
     "SMART in this (supervised) stage; null: smart.enabled and each task's smart.enabled."
     sampling: SamplingConfig | None = None
@@ -492,6 +587,8 @@ class StageConfig:
     "Peak learning rate of this stage (its own warm-up and linear decay); null: train.lr."
     warmup_ratio: float | None = None
     "Fraction of this stage's steps with linear warm-up; null: train.warmup_ratio."
+    balancing: BalancingConfig | None = None
+    "How this (supervised) stage combines its tasks' losses; null: the recipe's balancing."
 
 
 @ranges(seed=Range(0, 2**32 - 1))  # numpy's generators take seeds below 2**32
@@ -527,6 +624,10 @@ class Recipe:
     "Settings of contrastive stages."
     stages: list[StageConfig] = field(default_factory=list)
     "Stages run in order, each with its tasks, objective, sampling, length and lr; empty: one supervised stage."
+    balancing: BalancingConfig | None = None
+    "How supervised stages combine their tasks' losses (a stage's balancing overrides it); null: static weights."
+    distillation: DistillationConfig | None = None
+    "The teachers and mixing of `objective: distillation` stages."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -850,6 +951,7 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
         if low_high is not None and (len(low_high) != 2 or low_high[0] >= low_high[1]):
             raise err(("tasks", name, "label_range"), f"expected [low, high] with low < high, got {low_high}")
     _check_contrastive_and_stages(recipe, err)
+    _check_balancing_and_distillation(recipe, err)
 
 
 def _check_contrastive_and_stages(recipe: Recipe, err) -> None:

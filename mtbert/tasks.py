@@ -102,6 +102,8 @@ class Task:
     class_balanced: bool
     prompt: PromptTemplate | None = None
     "Set: each example is encoded as [CLS] question [SEP] context [SEP] (see data/prompts.py)."
+    pooler_options: dict | None = None
+    "The pooler's settings (routing's outputs, size, iterations); None: its defaults."
 
     @property
     def is_pair(self) -> bool:
@@ -159,6 +161,8 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         raise MtbertError(f"{where}: siamese_regression: cosine needs label_range to scale the cosine")
     if merged.pair_encoding == "siamese" and len(text_columns) != 2:
         raise MtbertError(f"{where}.pair_encoding: siamese needs a sentence pair (two text_columns)")
+    if merged.routing is not None and merged.pooler != "routing":
+        raise MtbertError(f"{where}.routing: sets the routing pooler's sizes, but the task's pooler is {merged.pooler}")
     prompt = _prompt(name, merged, len(text_columns) == 2, where)
     return Task(
         name=name, format=merged.format,
@@ -168,7 +172,8 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         label_range=merged.label_range, metrics=list(metrics), main_metric=list(main), hub=merged.hub,
         pooler=merged.pooler, pair_encoding=merged.pair_encoding, siamese_regression=merged.siamese_regression,
         head=merged.head, batch_size=merged.batch_size or default_batch_size, loss_weight=merged.loss_weight,
-        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt)
+        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt,
+        pooler_options=dataclasses.asdict(merged.routing) if merged.routing is not None else None)
 
 
 def _prompt(name: str, cfg: TaskConfig, is_pair: bool, where: str) -> PromptTemplate | None:

@@ -217,3 +217,23 @@ def training_curves(records: Sequence[dict], main_metrics: dict[str, str], path:
             axes.text(0.5, 0.5, "no records", transform=axes.transAxes, ha="center", va="center", color="0.5")
     figure.suptitle(title)
     return _save(figure, path)
+
+
+def task_weights(records: Sequence[dict], tasks: list[str], path: Path, *, title: str) -> Path:
+    """Each task's balancing weight (the `task_weights` of the log records: the factor on its loss, or on its
+    gradient under gradient surgery) per logging step."""
+    figure = _new_figure(SINGLE)
+    axes = figure.subplots()
+    weighted = [r for r in records if "task_weights" in r]
+    for i, name in enumerate(tasks):
+        points = [(r["step"], r["task_weights"][name]) for r in weighted if name in r["task_weights"]]
+        if points:
+            steps, values = zip(*points)
+            axes.plot(steps, values, color=f"C{i % 10}", label=name, marker="." if len(points) < 30 else None)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("weight on the task's loss (or gradient)")
+    axes.set_title("Task weights (balancing)")
+    axes.grid(True, alpha=0.3)
+    axes.legend(frameon=False, fontsize=9)
+    figure.suptitle(title)
+    return _save(figure, path)

@@ -4,6 +4,7 @@ The trained model is run over a labelled split of each task through the same pat
 takes (evaluation.predict_tasks), then, in `RUN_DIR/report-<split>/` unless told otherwise:
 
     training-curves.png      loss per task and dev main score per evaluation, from train_log.jsonl
+    task-weights.png         runs whose balancing logs task weights: each task's weight per logging step
     <task>-confusion.png     classification tasks: gold against predicted labels
     <task>-labels.png        classification tasks: gold and predicted label counts
     <task>-scatter.png       regression tasks: predicted against gold score
@@ -33,6 +34,7 @@ from mtbert.tasks import Task
 
 LOG_FILE = "train_log.jsonl"
 CURVES_FILE = "training-curves.png"
+WEIGHTS_FILE = "task-weights.png"
 REPORT_FILE = "report.md"
 
 
@@ -65,6 +67,9 @@ def write_report(run_dir: str | Path, split: str = "dev", task_names: list[str] 
         main_metrics = {name: "/".join(task.main_metric) for name, task in loaded.tasks.items()}
         report.files.append(plots.training_curves(records, main_metrics, folder / CURVES_FILE,
                                                   title=f"{loaded.recipe.name}: training", exported_step=exported_step))
+    if any("task_weights" in r for r in records):
+        report.files.append(plots.task_weights(records, list(loaded.tasks), folder / WEIGHTS_FILE,
+                                               title=f"{loaded.recipe.name}: balancing"))
     sections = []
     for name, prediction in predicted.items():
         files, text = _task_section(prediction, results[name], split, folder)
@@ -179,6 +184,8 @@ def _markdown(run_dir: Path, loaded: exported.LoadedModel, split: str, predicted
         evaluations = sum("dev" in r for r in records)
         lines += [f"![training loss and dev score per evaluation]({CURVES_FILE})", "",
                   f"From `{LOG_FILE}`: {logged} logging records, {evaluations} evaluations."]
+        if any("task_weights" in r for r in records):
+            lines += ["", f"![each task's balancing weight per logging step]({WEIGHTS_FILE})"]
     if log_note:
         lines.append(log_note)
     lines.append("")

@@ -26,7 +26,7 @@ class TaskHeadSpec:
     num_outputs: int
     "Logits per example (classes), else 1."
     pooler: str = "cls"
-    "A name from pooling.POOLER_NAMES (cls, cls_raw, mean, max, mean_max, swap, stochastic)."
+    "A name from pooling.POOLER_NAMES (cls, cls_raw, mean, max, mean_max, swap, stochastic, routing)."
     encoding: str = "single"
     "single (one sentence), cross ([CLS] a [SEP] b) or siamese (a and b encoded apart)."
     siamese_regression: str = "features"
@@ -35,6 +35,8 @@ class TaskHeadSpec:
     "[low, high] of a regression score; scales the siamese cosine."
     head: HeadSpec = field(default_factory=HeadSpec)
     "The head's shape."
+    pooler_options: dict | None = None
+    "The pooler's settings, e.g. routing's {outputs, size, iterations}; None: its defaults."
 
 
 @dataclass
@@ -101,7 +103,7 @@ class MultiTaskModel(nn.Module):
         self.poolers = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         for name, spec in config.tasks.items():
-            pooler = build_pooler(spec.pooler, hidden)
+            pooler = build_pooler(spec.pooler, hidden, spec.pooler_options)
             if pooler is not None:
                 self.poolers[name] = pooler
             if spec.encoding == "siamese" and spec.kind == "regression" and spec.siamese_regression == "cosine":

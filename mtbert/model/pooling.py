@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mtbert.model.routing import Routing
+
 
 class ClsRawPooler(nn.Module):
     """The [CLS] vector as it leaves the last layer."""
@@ -111,22 +113,40 @@ class StochasticPooler(nn.Module):
         return picked * real.any(1).to(hidden.dtype)  # (B, H)
 
 
+class RoutingPooler(nn.Module):
+    """The real tokens routed to `outputs` vectors of `size` (model/routing.py, Heinsen 2022), concatenated;
+    a Linear maps the concatenation to the hidden size when outputs x size is not it."""
+
+    def __init__(self, hidden_size: int, outputs: int = 4, size: int | None = None, iterations: int = 2):
+        super().__init__()
+        size = size or max(1, hidden_size // outputs)
+        self.routing = Routing(hidden_size, outputs, size, iterations)
+        self.project = nn.Identity() if outputs * size == hidden_size else nn.Linear(outputs * size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        routed = self.routing(hidden, mask)  # (B, outputs, size)
+        return self.project(routed.flatten(1))  # (B, outputs x size) -> (B, H)
+
+
 # `cls` is BERT's own pooler (dense + tanh on [CLS]): its weights belong to the encoder checkpoint, so
 # MultiTaskModel applies `encoder.pooler` itself rather than registering the same weights twice.
-# Each entry takes the hidden size; poolers without parameters ignore it.
-POOLERS: dict[str, Callable[[int], nn.Module]] = {
+# Each entry takes the hidden size (poolers without parameters ignore it) and the recipe's options, if any
+# (`routing:`'s outputs, size, iterations).
+POOLERS: dict[str, Callable[..., nn.Module]] = {
     "cls_raw": lambda hidden_size: ClsRawPooler(),
     "mean": lambda hidden_size: MeanPooler(),
     "max": lambda hidden_size: MaxPooler(),
     "mean_max": MeanMaxPooler,
     "swap": lambda hidden_size: SwapPooler(),
     "stochastic": lambda hidden_size: StochasticPooler(),
+    "routing": RoutingPooler,
 }
 POOLER_NAMES = ("cls", *POOLERS)
 
 
-def build_pooler(name: str, hidden_size: int) -> nn.Module | None:
-    """The pooler module for `name`; None for `cls`, which is the encoder's own pooling layer."""
+def build_pooler(name: str, hidden_size: int, options: dict | None = None) -> nn.Module | None:
+    """The pooler module for `name` (with `options`, e.g. routing's sizes); None for `cls`, which is the
+    encoder's own pooling layer."""
     if name not in POOLER_NAMES:
         raise ValueError(f"unknown pooler {name!r}; known: {', '.join(POOLER_NAMES)}")
-    return None if name == "cls" else POOLERS[name](hidden_size)
+    return None if name == "cls" else POOLERS[name](hidden_size, **(options or {}))

@@ -44,7 +44,10 @@ The loop (mtbert/training/loop.py), for each optimizer step of a stage:
 `model` is a `TrainingModel`: calling it runs the prepared model (under several processes, the wrapper
 whose backward averages gradients); `model.module` is the MultiTaskModel itself, for forwards that join
 the same graph and for copies (SMART's teacher); `model.autocast()` is the mixed-precision context such
-forwards need.
+forwards need. `model.sync_gradients()` says whether the current micro-batch ends the optimizer step (an
+objective that gathers per-task gradients over the step's micro-batches combines them then), and
+`model.average(tensor)` is a tensor's mean over the processes (an objective that keeps state of its own,
+learned loss weights, or takes gradients itself, keeps every process equal with it).
 
 A new objective is one module: a subclass built from `(ObjectiveContext, {stage index: StageConfig})`,
 plus its line in objectives/registry.py (docs/architecture.md walks through one).
@@ -84,6 +87,10 @@ class TrainingModel:
     "The MultiTaskModel itself: extra forwards whose graph joins the training forward's; copies of it."
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     "The mixed-precision context that forwards on `module` run in."
+    sync_gradients: Callable[[], bool] = lambda: True
+    "Whether the micro-batch being trained is the last of its optimizer step (its gradients are then complete)."
+    average: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor
+    "The mean of a tensor over every process (the tensor itself with one): keeps an objective's own state equal."
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -116,6 +123,8 @@ class ObjectiveContext:
     num_processes: int = 1
     deepspeed: bool = False
     "DeepSpeed runs the model: its parameters may be sharded across processes."
+    loss_scaling: bool = False
+    "fp16's loss scaler multiplies every loss before backward (Accelerate's or DeepSpeed's)."
     say: Callable[[str], None] = field(default=print)
     "Prints a line once (on the main process)."
 

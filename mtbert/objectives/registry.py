@@ -8,24 +8,46 @@ teacher, the triplet streams) is one checkpoint part.
 
 from __future__ import annotations
 
-from mtbert.config import Recipe, StageConfig, stage_configs
+from mtbert.config import SURGERY_METHODS, Recipe, StageConfig, balancing_of, stage_configs
+from mtbert.errors import MtbertError
 from mtbert.objectives.base import Objective, ObjectiveContext
 from mtbert.objectives.contrastive import LOSS_NAMES, Contrastive
+from mtbert.objectives.distillation import Distillation
+from mtbert.objectives.dwa import DynamicWeightAverage
+from mtbert.objectives.famo import Famo
+from mtbert.objectives.gradnorm import GradNorm
 from mtbert.objectives.smart import Smart, stage_settings
 from mtbert.objectives.supervised import Supervised
+from mtbert.objectives.surgery import GradientSurgery
+from mtbert.objectives.uncertainty import UncertaintyWeighting
 
 OBJECTIVES: dict[str, type[Objective]] = {
     "supervised": Supervised,
     "smart": Smart,
     **{name: Contrastive for name in LOSS_NAMES},
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DynamicWeightAverage,
+    "gradnorm": GradNorm,
+    "famo": Famo,
+    "surgery": GradientSurgery,
+    "distillation": Distillation,
 }
 
 
 def objective_name(recipe: Recipe, stage: StageConfig) -> str:
-    """The registry name of the objective that trains `stage`."""
-    if stage.objective == "supervised" and stage_settings(recipe, stage):
+    """The registry name of the objective that trains `stage`: a supervised stage's is its balancing method's
+    (gradient-surgery methods share one), or smart."""
+    if stage.objective != "supervised":
+        return stage.objective
+    method = balancing_of(recipe, stage).method
+    if stage_settings(recipe, stage):
+        if method != "static":
+            raise MtbertError(f"balancing.method {method} and SMART are not combined in one stage; switch SMART off "
+                              f"there (smart.enabled, a task's smart, a stage's smart) or balance with static weights")
         return "smart"
-    return stage.objective
+    if method in SURGERY_METHODS:
+        return "surgery"
+    return "supervised" if method == "static" else method
 
 
 def build_objectives(context: ObjectiveContext) -> list[Objective]:

@@ -53,10 +53,14 @@ class Supervised(Objective):
 
     def loss(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], *, stage: StageLike,
              step: int) -> TaskLoss:
-        outputs = model(task, batch)  # (B, C) or (B,)
+        outputs = self.outputs(model, task, batch)  # (B, C) or (B,)
         task_loss = LOSSES[self.tasks[task].loss](outputs, batch["labels"])
         regulariser = self.regulariser(model, task, batch, outputs, stage)
         return TaskLoss(self.tasks[task].loss_weight * (task_loss + regulariser), task_loss)
+
+    def outputs(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training forward: through the prepared model, whose backward syncs every process."""
+        return model(task, batch)
 
     def regulariser(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], outputs: torch.Tensor,
                     stage: StageLike) -> torch.Tensor | float:

@@ -106,13 +106,22 @@ def prepare(accelerator: Accelerator, recipe: Recipe, model: torch.nn.Module,
 
 def training_model(accelerator: Accelerator, model) -> TrainingModel:
     """The prepared model as objectives see it (objectives/base.py)."""
-    return TrainingModel(forward=model, module=accelerator.unwrap_model(model), autocast=accelerator.autocast)
+    return TrainingModel(forward=model, module=accelerator.unwrap_model(model), autocast=accelerator.autocast,
+                         sync_gradients=lambda: accelerator.sync_gradients,
+                         average=lambda tensor: accelerator.reduce(tensor, reduction="mean"))
 
 
 def exact_gradient_norm(accelerator: Accelerator) -> bool:
     """Whether the guard may watch the norm clipping computes: not under fp16's loss scaler or DeepSpeed, which
     deal with non-finite gradients themselves (and the scaler must not unscale a step that is then skipped)."""
     return launch_info(accelerator)["zero_stage"] is None and accelerator.scaler is None
+
+
+def loss_scaling(accelerator: Accelerator) -> bool:
+    """Whether fp16's loss scaler multiplies losses before backward (Accelerate's, or DeepSpeed's fp16 section)."""
+    if is_deepspeed(accelerator):
+        return bool(accelerator.state.deepspeed_plugin.deepspeed_config.get("fp16", {}).get("enabled") is True)
+    return accelerator.scaler is not None
 
 
 def after_backward(accelerator: Accelerator, model) -> None:

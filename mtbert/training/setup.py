@@ -55,7 +55,8 @@ def head_spec(task: Task) -> TaskHeadSpec:
     return TaskHeadSpec(kind=task.kind, num_outputs=task.num_outputs, pooler=task.pooler, encoding=encoding,
                         siamese_regression=task.siamese_regression, label_range=task.label_range,
                         head=HeadSpec(type=head.type, layers=head.layers, hidden_size=head.hidden_size,
-                                      activation=head.activation, dropout=head.dropout, style=head.style))
+                                      activation=head.activation, dropout=head.dropout, style=head.style),
+                        pooler_options=task.pooler_options)
 
 def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
     model_cfg = recipe.model
@@ -244,7 +245,8 @@ def _objective_context(recipe: Recipe, data: RunData, streams: dict[str, TaskStr
     return ObjectiveContext(recipe=recipe, tasks=data.tasks, streams=streams, train=data.train,
                             tokenizer=data.tokenizer, model=model, device=accelerator.device,
                             process_index=accelerator.process_index, num_processes=accelerator.num_processes,
-                            deepspeed=launch.is_deepspeed(accelerator), say=accelerator.print)
+                            deepspeed=launch.is_deepspeed(accelerator), loss_scaling=launch.loss_scaling(accelerator),
+                            say=accelerator.print)
 
 
 def _unique_objectives(stages: list[Stage]) -> list[Objective]:

@@ -100,6 +100,18 @@ def test_training_curves(tmp_path, drawn):
     assert all(not axes.get_lines() and axes.texts[0].get_text() == "no records" for axes in drawn[1].axes)
 
 
+def test_task_weights_one_line_per_task_from_the_records_that_have_them(tmp_path, drawn):
+    records = [{"step": s, "loss": {"a": 1.0, "b": 1.0}, "task_weights": {"a": 0.1 * s, "b": 2 - 0.1 * s}}
+               for s in (5, 10, 15)]
+    records.append({"step": 15, "dev": {"overall": 0.3}})  # an evaluation record: no weights, skipped
+    path = plots.task_weights(records, ["a", "b", "c"], tmp_path / "w.png", title="run")
+    assert png_size(path) == (960, 720) and ink(path) > 0.015
+    axes = drawn[0].axes[0]
+    lines = {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.get_lines()}
+    assert set(lines) == {"a", "b"}  # c has no weights logged
+    assert lines["a"] == ([5, 10, 15], [0.5, 1.0, 1.5]) and lines["b"][1] == [1.5, 1.0, 0.5]
+
+
 def test_a_failed_render_leaves_the_previous_file(tmp_path, monkeypatch):
     path = plots.confusion_matrix(np.array([0, 1]), np.array([0, 1]), ["a", "b"], tmp_path / "c.png", title="t")
     before = path.read_bytes()

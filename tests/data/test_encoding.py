@@ -110,8 +110,8 @@ CHANGES = {
 # Fields that only check what is read: the file reads the same or not at all (tested below).
 CHECKED_ONLY = {"num_labels", "label_range"}
 # Fields used after tokenising (model, loss, sampling, scoring), or only to name the cache file.
-NOT_READ = {"name", "metrics", "main_metric", "pooler", "siamese_regression", "head", "batch_size", "loss_weight",
-            "max_train_examples", "class_balanced"}
+NOT_READ = {"name", "metrics", "main_metric", "pooler", "pooler_options", "siamese_regression", "head", "batch_size",
+            "loss_weight", "max_train_examples", "class_balanced"}
 
 
 def test_every_task_field_is_accounted_for():

@@ -20,7 +20,9 @@ STAGES = {"stages": [{"tasks": ["quora"], "objective": "ranking", "max_steps": 2
 
 
 def test_every_objective_a_recipe_may_name_is_registered_and_smart_is_switched_on_by_its_settings():
-    assert set(OBJECTIVES) == set(typing.get_args(config.Objective)) | {"smart"}
+    # balancing methods name their objective (the gradient-surgery ones share one), static is plain supervised
+    balancing = {"surgery" if m in config.SURGERY_METHODS else m for m in typing.get_args(config.BalancingMethod)}
+    assert set(OBJECTIVES) == set(typing.get_args(config.Objective)) | {"smart"} | balancing - {"static"}
 
 
 def test_each_stage_gets_its_objective_and_stages_of_a_class_share_one(tmp_path, tokenizer_dir):
