@@ -45,7 +45,8 @@ def test_counts_match_the_plan():
                     "trainable": 4 * LAYER + POOLER, "own": 3 * LAYER + POOLER}
     assert c["tasks"]["sts"] == {"branch": "quora+sts", "encoder": EMBEDDINGS + 4 * LAYER + POOLER,
                                  "head": HEADS["sts"], "total": EMBEDDINGS + 4 * LAYER + POOLER + HEADS["sts"],
-                                 "trainable": 4 * LAYER + POOLER + HEADS["sts"]}
+                                 "trainable": 4 * LAYER + POOLER + HEADS["sts"], "adapter": 0,
+                                 "own": HEADS["sts"]}  # quora runs through the same branch
     assert "sharing: embeddings frozen | layers 0 shared, 1-2 individual [sst] [quora+sts]" in format_counts(c)
 
 
