@@ -895,6 +895,8 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
             if task not in recipe.tasks:
                 near = difflib.get_close_matches(task, list(recipe.tasks), n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else f"; the recipe's tasks: {', '.join(recipe.tasks)}"
+                if recipe.model.add_to:  # the trained model's tasks are frozen: a stage trains the recipe's own
+                    hint += " (a run with model.add_to trains only these)"
                 raise err((*path, "tasks"), f"unknown task '{task}'{hint}")
         if stage.tasks is not None and not stage.tasks:
             raise err((*path, "tasks"), "a stage needs at least one task (or null for all of them)")

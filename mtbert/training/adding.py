@@ -56,12 +56,8 @@ def extended_recipe(recipe: Recipe, trained: LoadedModel) -> Recipe:
         raise MtbertError(f"tasks.{again[0]}: the model in {recipe.model.add_to} already has task {again[0]!r}; "
                           f"a run with {KEY} trains new tasks only (its tasks: {', '.join(old)})")
     new = list(recipe.tasks)
+    # A stage names the recipe's own tasks (config.py checks); one that names none trains them all.
     stages = [dataclasses.replace(stage, tasks=stage.tasks or new) for stage in recipe.stages or [StageConfig()]]
-    for i, stage in enumerate(stages):
-        frozen = [name for name in stage.tasks if name in old]
-        if frozen:
-            raise MtbertError(f"stages.{i}.tasks: {frozen[0]!r} is a task of the model in {recipe.model.add_to}, "
-                              f"frozen in a run with {KEY}; a stage trains new tasks only ({', '.join(new)})")
     model = dataclasses.replace(trained.recipe.model, add_to=recipe.model.add_to)
     return dataclasses.replace(recipe, model=model, tasks={**old, **recipe.tasks}, stages=stages)
 
