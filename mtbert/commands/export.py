@@ -2,8 +2,8 @@
 
 The encoder alone (AutoModel -> BertModel), or with --with-head a BertForSequenceClassification whose
 logits give mtbert's predictions. A task with a LoRA adapter: a peft adapter folder with the base beside it,
-or with --merge the adapter folded in (commands/export_adapters.py). The folder is staged beside its target and renamed into place, so a
-failed export never leaves half a folder behind.
+or with --merge the adapter folded in (commands/export_adapters.py). The folder is staged beside its target
+and renamed into place, so a failed export never leaves half a folder behind.
 """
 
 from __future__ import annotations

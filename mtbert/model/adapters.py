@@ -188,7 +188,8 @@ class ProjectedAttentionLayers(nn.ModuleDict):
 
     def __init__(self, config: BertConfig, adapter: Adapter) -> None:
         width = adapter.width(config.hidden_size)
-        super().__init__({"+".join(group): ProjectedAttention(config, width, adapter.heads) for group in adapter.groups})
+        super().__init__({"+".join(group): ProjectedAttention(config, width, adapter.heads)
+                          for group in adapter.groups})
         self.active: str | None = None
 
 

@@ -108,7 +108,8 @@ class Adapter:
     targets: tuple[str, ...] = ("query", "value")
     "lora: which projections of every layer carry an adapter (LORA_TARGETS); Hu et al. 2021 adapt query and value."
     size: int | None = None
-    "pals: width d_s of the projected attention; None: PALS_WIDTH_RATIO of the hidden size, rounded up to a multiple of heads."
+    "pals: width d_s of the projected attention; None: PALS_WIDTH_RATIO of the hidden size, rounded up to a multiple \
+of heads."
     heads: int = 6
     "pals: attention heads in the projected space (6 in Stickland & Murray's code)."
 
@@ -429,7 +430,8 @@ def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
         adapter_match = _ADAPTER.fullmatch(piece.strip())
         if adapter_match:
             if adapter is not None:
-                raise SharingPlanError(f"{text!r} has two adapter segments; a plan takes one (+lora[...] or +pals[...])")
+                raise SharingPlanError(f"{text!r} has two adapter segments; a plan takes one "
+                                       f"(+lora[...] or +pals[...])")
             adapter = _parse_adapter_short(adapter_match, tasks)
             continue
         if not match:

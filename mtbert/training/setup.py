@@ -24,6 +24,7 @@ from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.streams import StreamPositions, TaskStream
 from mtbert.errors import MtbertError
+from mtbert.exported import LoadedModel
 from mtbert.inference import eval_loader
 from mtbert.model.accounting import format_counts, parameter_counts
 from mtbert.model.bert import BertConfig, BertModel
@@ -34,7 +35,6 @@ from mtbert.objectives.base import LossMeter, Objective, ObjectiveContext, Train
 from mtbert.objectives.registry import build_objectives
 from mtbert.pretrained import load_encoder
 from mtbert.tasks import Task, resolve_tasks
-from mtbert.exported import LoadedModel
 from mtbert.training import adding, faults, launch
 from mtbert.training.checkpoints import Processes, find_checkpoint
 from mtbert.training.guards import NonFiniteGuard, StopVote
@@ -84,7 +84,8 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
                           f"{encoder.config.max_position_embeddings} positions")
     return encoder
 
-def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer, trained: LoadedModel | None = None) -> MultiTaskModel:
+def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer,
+                trained: LoadedModel | None = None) -> MultiTaskModel:
     """The recipe's model; with `trained` (model.add_to), that model extended by the recipe's new tasks."""
     if trained is not None:
         return adding.extended_model(recipe, {name: head_spec(t) for name, t in tasks.items()}, trained)

@@ -54,7 +54,8 @@ def trained(request, tmp_path_factory, tokenizer_dir):
 
 def test_the_new_task_trains_and_earlier_predictions_stay_bit_identical(trained):
     train(load_recipe(adding_recipe(trained, trained / "trained", "added")))
-    before, after = load_file(trained / "trained" / "model.safetensors"), load_file(trained / "added" / "model.safetensors")
+    before = load_file(trained / "trained" / "model.safetensors")
+    after = load_file(trained / "added" / "model.safetensors")
     assert all(torch.equal(before[k], after[k]) for k in before)  # every earlier weight, the shared base's too
     new = set(after) - set(before)
     assert new and all("mood" in k for k in new)
@@ -75,7 +76,8 @@ def test_what_cannot_be_added_is_refused(trained, tokenizer_dir):
     with pytest.raises(MtbertError, match="model.max_length: a run with model.add_to takes the model section from the "
                                           "trained model"):
         train(load_recipe(adding_recipe(trained, trained / "trained", "other", model={"max_length": 40})))
-    with pytest.raises(MtbertError, match="stages.0.tasks: unknown task 'quora'; the recipe's tasks: mood \\(a run with model.add_to trains only"):
+    with pytest.raises(MtbertError, match="stages.0.tasks: unknown task 'quora'; the recipe's tasks: mood \\(a run "
+                                          "with model.add_to trains only"):
         train(load_recipe(adding_recipe(trained, trained / "trained", "stage", stages=[{"tasks": ["quora", "mood"]}])))
     with pytest.raises(MtbertError, match="is also output_dir"):
         train(load_recipe(adding_recipe(trained, trained / "trained", "trained")))
