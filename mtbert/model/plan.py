@@ -374,10 +374,8 @@ def _adapter(kind: str, settings: dict[str, Any], groups: tuple, path: tuple[str
     values = {}
     for key, value in settings.items():
         if key not in known:
-            near = difflib.get_close_matches(key, known, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            raise SharingPlanError(f"unknown adapter setting {key!r}; {hint}lora takes r, alpha, dropout, targets; "
-                                   f"pals takes size, heads", path)
+            raise SharingPlanError(f"unknown adapter setting {key!r}; {_did_you_mean(key, known)}lora takes r, "
+                                   f"alpha, dropout, targets; pals takes size, heads", path)
         if value is None:
             continue
         if key not in _ADAPTER_SETTINGS[kind]:
@@ -401,9 +399,8 @@ def _adapter_value(key: str, value: Any, path: tuple[str, ...]) -> Any:
             name = name.strip()
             if name not in LORA_TARGETS and name not in TARGET_SETS:
                 choices = [*LORA_TARGETS, *TARGET_SETS]
-                near = difflib.get_close_matches(name, choices, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
-                raise SharingPlanError(f"unknown LoRA target {name!r}; {hint}choose from {', '.join(choices)}", path)
+                raise SharingPlanError(f"unknown LoRA target {name!r}; {_did_you_mean(name, choices)}choose from "
+                                       f"{', '.join(choices)}", path)
             chosen += [t for t in TARGET_SETS.get(name, (name,)) if t not in chosen]
         return tuple(t for t in LORA_TARGETS if t in chosen)  # one order, whatever the order written
     whole = key in ("r", "size", "heads")
@@ -482,6 +479,11 @@ def _parse_groups(text: str | None, tasks: list[str], path: tuple[str, ...]) -> 
     return _check_groups(groups, tasks, path)
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {near[0]!r}? " if near else ""
+
+
 def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
     seen: dict[str, int] = {}
     checked = []
@@ -492,10 +494,9 @@ def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tupl
             raise SharingPlanError(f"group {i} {group!r} must name at least one task", path)
         for task in group:
             if task not in tasks:
-                near = difflib.get_close_matches(task, tasks, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise SharingPlanError(f"group {_group_text(group)} names {task!r}, which is not a task of "
-                                       f"this recipe; {hint}its tasks: {', '.join(tasks)}", path)
+                                       f"this recipe; {_did_you_mean(task, tasks)}its tasks: {', '.join(tasks)}",
+                                       path)
             if task in seen:
                 where = "twice in one group" if seen[task] == i else "in two groups"
                 raise SharingPlanError(f"task {task!r} is {where}; a task runs through one copy of each layer",
@@ -581,23 +582,24 @@ def _mapping_adapter(entry: Any, tasks: list[str]) -> Adapter:
     kind = entry.get("type")
     if kind not in ADAPTER_KINDS:
         raise SharingPlanError(f"expected one of {', '.join(ADAPTER_KINDS)}, got {kind!r}", path + ("type",))
-    groups = entry.get("groups") or []
-    if not isinstance(groups, list):
-        raise SharingPlanError(f"expected a list of task groups, e.g. [[quora, sts]], got {groups!r}",
-                               path + ("groups",))
     settings = {k: v for k, v in entry.items() if k not in ("type", "groups")}
-    return _adapter(kind, settings, _check_groups(groups, tasks, path + ("groups",)), path)
+    return _adapter(kind, settings, _entry_groups(entry, tasks, path), path)
 
 
 def _mapping_part(entry: dict, tasks: list[str], path: tuple[str, ...]) -> Part:
     mode = entry.get("mode")
     if mode not in MODES:
         raise SharingPlanError(f"expected one of {', '.join(MODES)}, got {mode!r}", path + ("mode",))
+    return _part(mode, _entry_groups(entry, tasks, path), path)
+
+
+def _entry_groups(entry: dict, tasks: list[str], path: tuple[str, ...]) -> tuple:
+    """A mapping's `groups` (a part's or the adapter's), checked."""
     groups = entry.get("groups") or []
     if not isinstance(groups, list):
         raise SharingPlanError(f"expected a list of task groups, e.g. [[quora, sts]], got {groups!r}",
                                path + ("groups",))
-    return _part(mode, _check_groups(groups, tasks, path + ("groups",)), path)
+    return _check_groups(groups, tasks, path + ("groups",))
 
 
 def _parse_range(value: Any, path: tuple[str, ...]) -> tuple[int, int | None]:

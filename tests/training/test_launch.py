@@ -237,8 +237,12 @@ TWO_PROCESS_CASES = {"frozen_encoder": ["model.sharing=frozen"],
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", TWO_PROCESS_CASES.values(), ids=TWO_PROCESS_CASES.keys())
 def test_two_processes_train_like_one_in_each_case(tmp_path, tokenizer_dir, overrides):
+    assert_two_train_like_one(tmp_path, tokenizer_dir, "cpu_multi.yaml", overrides)
+
+
+def assert_two_train_like_one(tmp_path: Path, tokenizer_dir: Path, config: str, overrides: list[str]) -> None:
     recipe = write_recipe(tmp_path, tokenizer_dir)
-    result = train_two("cpu_multi.yaml", recipe, tmp_path / "two", *overrides)
+    result = train_two(config, recipe, tmp_path / "two", *overrides)
     assert result.returncode == 0, failure_text(result)
     assert "weights identical on all 2 processes" in result.stdout
     train(load_recipe(recipe, [*RUN, ONE_PROCESS_BATCH, f"output_dir={tmp_path / 'one'}", *overrides]))
@@ -341,10 +345,5 @@ def test_zero2_trains_pals_as_one_process(tmp_path, tokenizer_dir):
     by weight decay and momentum, unlike DDP): with all_tasks every step uses every task's PALs, so the two agree.
     (Resuming ZeRO-2 exactly is test_zero_resumes_exactly's; resuming PALs, test_resume.py's.)"""
     pytest.importorskip("deepspeed")
-    overrides = ["model.sharing=frozen+pals", "sampling.strategy=all_tasks"]
-    recipe = write_recipe(tmp_path, tokenizer_dir)
-    result = train_two("deepspeed_zero2.yaml", recipe, tmp_path / "two", *overrides)
-    assert result.returncode == 0, failure_text(result)
-    assert "weights identical on all 2 processes" in result.stdout
-    train(load_recipe(recipe, [*RUN, ONE_PROCESS_BATCH, f"output_dir={tmp_path / 'one'}", *overrides]))
-    assert_close(weights(tmp_path / "two"), weights(tmp_path / "one"), atol=3e-5)
+    assert_two_train_like_one(tmp_path, tokenizer_dir, "deepspeed_zero2.yaml",
+                              ["model.sharing=frozen+pals", "sampling.strategy=all_tasks"])
