@@ -264,14 +264,22 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
                                                                        "with the task's head, not the encoder "
                                                                        "alone.")] = False,
            push_to_hub: Annotated[Optional[str], typer.Option(help="Then upload the folder to this Hugging "
-                                                                   "Face hub repo.")] = None):
+                                                                   "Face hub repo.")] = None,
+           merge: Annotated[bool, typer.Option("--merge", help="A task with a LoRA adapter: fold the adapter into "
+                                                               "the weights and write a plain model, not a peft "
+                                                               "adapter folder with its base in base/.")] = False):
     """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification).
 
+    A task with a LoRA adapter is written as a peft adapter folder, its base in TO/base:
+    peft.PeftModel.from_pretrained(AutoModel.from_pretrained("TO/base"), "TO").
+
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
+
+    Example: mtbert export ckpt/lora --task sts --to hf/sts-lora   (--merge: one plain model)
     """
     from mtbert.commands.export import export_hf
 
-    folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
+    folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub, merge=merge)
     typer.echo(f"wrote {folder}" + (f" and pushed it to {push_to_hub}" if push_to_hub else ""))
 
 

@@ -25,12 +25,13 @@ import yaml
 
 from mtbert import yamlfile
 from mtbert.errors import MtbertError
-from mtbert.model.plan import SharingPlanError, parse_plan
+from mtbert.model.plan import LORA_TARGETS, TARGET_SETS, SharingPlanError, parse_plan
 
 Kind = Literal["classes", "binary", "regression"]
 Format = Literal["cs224n", "glue", "csv", "tsv", "jsonl"]
 SamplingStrategy = Literal["round_robin", "proportional", "temperature", "annealed", "uniform", "all_tasks"]
 SharingMode = Literal["frozen", "shared", "individual"]
+LoraTarget = Literal[LORA_TARGETS + tuple(TARGET_SETS)]
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,33 @@ class RelationalConfig:
     "copy_top: copies of the encoder's top layer as loaded (pretrained weights); random: BERT's normal init."
 
 
+# Null settings take the defaults of mtbert.model.plan.Adapter, the only place they are written.
+@ranges(r=AT_LEAST_1, alpha=ABOVE_0, dropout=FRACTION, size=AT_LEAST_1, heads=AT_LEAST_1)
+@dataclass
+class AdapterConfig:
+    """Per-task adapters on the encoder's layers (structured plan): LoRA through peft, or PALs."""
+
+    type: Literal["lora", "pals"]
+    "lora (Hu et al. 2021: a low-rank update B A beside chosen projections) or pals (Stickland & Murray 2019)."
+    groups: list[list[str]] | None = None
+    "Tasks that share one adapter, e.g. [[quora, sts]]; a task in no group gets its own."
+    r: int | None = None
+    "lora: the rank of each update; null: 8."
+    alpha: float | None = None
+    "lora: the update is scaled by alpha / r; null: 16."
+    dropout: float | None = None
+    "lora: dropout on the adapter's input; null: 0."
+    targets: list[LoraTarget] | None = None
+    "lora: query, key, value, attention_output, ffn_in, ffn_out, or all / attention / ffn; null: [query, value]."
+    size: int | None = None
+    "pals: width of the projected attention; null: 204/768 of the hidden size (102 for MiniLM), a multiple of heads."
+    heads: int | None = None
+    "pals: attention heads in the projected space; null: 6."
+
+
 @dataclass
 class SharingConfig:
-    """A structured sharing plan: a mode for the embeddings and for every layer, and relational layers."""
+    """A structured sharing plan: a mode for the embeddings and for every layer, relational layers, an adapter."""
 
     layers: list[LayerSharingConfig]
     "Ranges covering every layer exactly once, e.g. [{range: 0-3, mode: frozen}, {range: 4-5, mode: shared}]."
@@ -151,6 +176,8 @@ class SharingConfig:
     "The embeddings' mode (or {mode, groups}); null: the same as layer 0."
     relational: list[RelationalConfig] = field(default_factory=list)
     "Relational layers, e.g. [{tasks: [quora, sts], layers: 1}]."
+    adapter: AdapterConfig | None = None
+    "Per-task adapters on the encoder's layers, e.g. {type: lora, r: 8}; null: none."
 
 
 # A pair needs [CLS] a [SEP] b [SEP]; below 3 tokens the tokenizer silently stops truncating at all.
@@ -170,7 +197,13 @@ class ModelConfig:
     max_length: int = 128
     "Inputs are truncated to this many tokens (a pair counts both sentences); at least 5."
     sharing: str | SharingConfig = "shared"
-    "`shared`, `frozen`, `individual`, a layer string like `F2-S3-I1[quora+sts]+R1[quora+sts]`, or a mapping."
+    """`shared`, `frozen`, `individual`, a layer string like `F2-S3-I1[quora+sts]+R1[quora+sts]`, with an adapter
+    (`frozen+lora[r=8]`, `F3-S3+pals`), or a mapping."""
+    add_to: str | None = None
+    """A model folder written by mtbert train whose base is frozen or shared and whose tasks have adapters: this run
+    trains only its own tasks (each a new adapter and head) and leaves every other weight, and so every earlier
+    task's predictions, bit-identical. The model's init, tokenizer, size, dropout, max_length and sharing come
+    from that folder."""
     allow_pickle: bool = False
     "Load an `init` .bin/.pt file that needs full unpickling (it can run code): only for a file you trust."
 
@@ -937,7 +970,7 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
                   f"hold inputs of model.max_length {recipe.model.max_length}")
     if len(recipe.train.betas) != 2:
         raise err(("train", "betas"), "expected two numbers")
-    if recipe.model.init == "random" and not recipe.model.tokenizer:
+    if recipe.model.init == "random" and not recipe.model.tokenizer and not recipe.model.add_to:
         raise err(("model", "tokenizer"), "a randomly initialised encoder needs a tokenizer folder or name")
     try:
         plan = parse_plan(sharing_spec(recipe.model.sharing), list(recipe.tasks))
@@ -964,6 +997,8 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
             if task not in recipe.tasks:
                 near = difflib.get_close_matches(task, list(recipe.tasks), n=1)
                 hint = f"; did you mean '{near[0]}'?" if near else f"; the recipe's tasks: {', '.join(recipe.tasks)}"
+                if recipe.model.add_to:  # the trained model's tasks are frozen: a stage trains the recipe's own
+                    hint += " (a run with model.add_to trains only these)"
                 raise err((*path, "tasks"), f"unknown task '{task}'{hint}")
         if stage.tasks is not None and not stage.tasks:
             raise err((*path, "tasks"), "a stage needs at least one task (or null for all of them)")

@@ -1,8 +1,9 @@
 """`mtbert export`: one task of an exported model as a Hugging Face folder, optionally pushed to the hub.
 
 The encoder alone (AutoModel -> BertModel), or with --with-head a BertForSequenceClassification whose
-logits give mtbert's predictions. The folder is staged beside its target and renamed into place, so a
-failed export never leaves half a folder behind.
+logits give mtbert's predictions. A task with a LoRA adapter: a peft adapter folder with the base beside it,
+or with --merge the adapter folded in (commands/export_adapters.py). The folder is staged beside its target
+and renamed into place, so a failed export never leaves half a folder behind.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from mtbert.commands import export_adapters
 from mtbert.errors import MtbertError, first_line
 from mtbert.exported import load_model
 from mtbert.files import WriteError, cannot_write, make_folder, write_tensors_atomically, write_text_atomically
@@ -46,8 +48,10 @@ def encoder_for(model: MultiTaskModel, task: str) -> BertModel:
 
 
 def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str], with_head: bool = False,
-              push_to_hub: str | None = None) -> Path:
-    """Write `task`'s encoder (and with_head, its classifier) from an mtbert model as a Hugging Face folder."""
+              push_to_hub: str | None = None, merge: bool = False) -> Path:
+    """Write `task`'s encoder (and with_head, its classifier) from an mtbert model as a Hugging Face folder; a task
+    with a LoRA adapter as a peft adapter folder beside its base in `base/`, or with merge folded in
+    (commands/export_adapters.py)."""
     loaded = load_model(ckpt)
     model = loaded.model
     if task not in model.config.tasks:
@@ -55,19 +59,25 @@ def export_hf(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[str
                           f"{', '.join(model.config.tasks)}")
     target = Path(to)
     _check_export_target(target)
-    encoder = encoder_for(model, task)
+    plain = export_adapters.plain_encoder(model, task, merge)
+    encoder = plain if plain is not None else encoder_for(model, task)
     if with_head:
         label_names = loaded.tasks[task].label_names if task in loaded.tasks else None
         config, tensors = _sequence_classification(model, task, encoder, label_names)
-    marker = {"source": str(Path(ckpt).resolve()), "task": task, "with_head": with_head}
+    marker = {"source": str(Path(ckpt).resolve()), "task": task, "with_head": with_head, "merge": merge}
+    beside = plain is not None and not merge  # the adapter in the folder, its base in a sub-folder
 
     def write(folder: Path) -> None:
+        base = folder / export_adapters.BASE_FOLDER if beside else folder
         if with_head:
-            write_tensors_atomically(folder / SAFETENSORS_FILE, tensors, metadata={"format": "pt"})
-            write_text_atomically(folder / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+            make_folder(base)
+            write_tensors_atomically(base / SAFETENSORS_FILE, tensors, metadata={"format": "pt"})
+            write_text_atomically(base / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         else:
-            save_encoder(encoder, folder)
-        loaded.tokenizer.save_pretrained(str(folder))
+            save_encoder(encoder, base)
+        loaded.tokenizer.save_pretrained(str(base))
+        if beside:
+            export_adapters.write_adapter(model, task, folder, target / export_adapters.BASE_FOLDER, with_head)
         write_text_atomically(folder / EXPORT_MARKER, json.dumps(marker, indent=2) + "\n")
 
     previous = target.is_dir() and (target / EXPORT_MARKER).is_file()

@@ -268,6 +268,7 @@ def measure(folder: Path) -> dict:
     windows = [(t2 - t1) / (s2 - s1) for (s1, t1), (s2, t2) in zip(points, points[1:]) if s2 > s1]
     cuda = [r["cuda_max_memory_allocated"] for r in records if "cuda_max_memory_allocated" in r]
     return {"parameters_total": counts["total"], "parameters_trainable": counts["trainable"],
+            "own_bytes_per_task": counts.get("own_bytes_per_task"),  # what one more task like these adds
             "checkpoint_bytes": (folder / "model.safetensors").stat().st_size,
             "cuda_max_memory_allocated": cuda[-1] if cuda else None,
             "steps": last["step"], "train_s": last["elapsed_s"], "seconds_per_step": last["elapsed_s"] / last["step"],
@@ -310,7 +311,9 @@ def table_rows(results: list[dict], axes: list[Axis]) -> tuple[list[str], list[l
         for task, scores in result.get("dev", {}).items():
             metric_columns += [(task, m) for m in scores if (task, m) not in metric_columns]
     gpu = any(r.get("cuda_max_memory_allocated") for r in results)
-    header = [*(a.key for a in axes), "status", "parameters", "trainable", "checkpoint MiB", "peak RSS MiB",
+    own = any(r.get("own_bytes_per_task") for r in results)  # runs from before the figure existed lack it
+    header = [*(a.key for a in axes), "status", "parameters", "trainable", *(["per-task MiB"] if own else []),
+              "checkpoint MiB", "peak RSS MiB",
               *(["GPU max allocated MiB"] if gpu else []), "s/step", "fastest s/step", "train tokens/s",
               *(f"{task} {metric}" for task, metric in metric_columns), "overall"]
     raw, cells = [], []
@@ -319,6 +322,7 @@ def table_rows(results: list[dict], axes: list[Axis]) -> tuple[list[str], list[l
         values = [*(r["labels"][a.key] for a in axes),
                   "ok" if ok else f"failed (exit {r['returncode']}), see {TRAIN_OUTPUT}",
                   r.get("parameters_total"), r.get("parameters_trainable"),
+                  *([r["own_bytes_per_task"] / MIB if r.get("own_bytes_per_task") else None] if own else []),
                   r["checkpoint_bytes"] / MIB if ok else None,
                   r["peak_rss_bytes"] / MIB if r.get("peak_rss_bytes") else None,
                   *([r["cuda_max_memory_allocated"] / MIB if r.get("cuda_max_memory_allocated") else None]

@@ -334,6 +334,11 @@ class BertOutput(nn.Module):
 class BertLayer(nn.Module):
     """One transformer layer: attention block then feed-forward block."""
 
+    parallel: Callable[..., torch.Tensor] | None = None
+    """An extension point: a callable (hidden, mask, first_token_only) run on the layer's input whose result,
+    shaped like the layer's output, joins the residual sum inside the last LayerNorm (PALs, model/adapters.py).
+    None: the plain layer."""
+
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
         self.attention = BertAttention(config)
@@ -346,7 +351,8 @@ class BertLayer(nn.Module):
         or packed hidden (N, H) with the PackedMask from ``pack`` -> (N, H);
         with first_token_only, either way -> (B, 1, H), each sequence's first token only."""
         attended = self.attention(hidden, mask, first_token_only)
-        return self.output(self.intermediate(attended), attended)
+        residual = attended if self.parallel is None else attended + self.parallel(hidden, mask, first_token_only)
+        return self.output(self.intermediate(attended), residual)
 
 
 class BertEncoder(nn.Module):

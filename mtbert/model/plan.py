@@ -8,7 +8,9 @@ A *sharing plan* gives the embeddings and every encoder layer a mode:
 - ``individual``: one copy per task group (``groups: [[quora, sts]]``); a task in no group gets its own.
 
 *Relational* layers are extra encoder layers stacked on top for one task group (the paraphrase +
-similarity layer of the multi-task minBERT studies). Each copy is named by its owner — ``frozen``,
+similarity layer of the multi-task minBERT studies). An *adapter* adds a few parameters per task group on
+the encoder's own layers, whatever their mode: LoRA (``+lora[r=8]``) or projected attention layers
+(``+pals``); mtbert/model/adapters.py builds them. Each copy is named by its owner — ``frozen``,
 ``shared``, or a group's tasks joined by ``+`` such as ``quora+sts``. A task's *branch* is the path of
 owners its stack runs through, bottom first (`SharingPlan.path`); mtbert/model/sharing.py builds the
 module from a resolved plan.
@@ -19,7 +21,9 @@ a bad plan raises SharingPlanError carrying the path of the offending key below 
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import math
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -33,7 +37,16 @@ _RESERVED = ("frozen", "shared")
 SHORT_FORMS = ("shared | frozen | individual, or a layer string such as F2-S3-I1: segments F<n> (frozen), "
                "S<n> (shared), I<n> (individual) or I<n>[quora+sts] (groups, comma-separated) joined by '-', "
                "bottom first, optionally led by an embeddings segment (EF, ES, EI[...]) and followed by "
-               "relational layers +R<n>[quora+sts]")
+               "relational layers +R<n>[quora+sts] and one adapter +lora[r=8] or +pals")
+
+ADAPTER_KINDS = ("lora", "pals")
+LORA_TARGETS = ("query", "key", "value", "attention_output", "ffn_in", "ffn_out")
+"What LoRA may adapt in each layer: the attention's projections, its output projection, the feed-forward's two."
+TARGET_SETS = {"all": LORA_TARGETS, "attention": LORA_TARGETS[:4], "ffn": LORA_TARGETS[4:]}
+"Names for several targets at once."
+_ADAPTER_SETTINGS = {"lora": ("r", "alpha", "dropout", "targets"), "pals": ("size", "heads")}
+PALS_WIDTH_RATIO = 204 / 768
+"PALs' projected width d_s over the hidden size: 204 for BERT-base (768) in Stickland & Murray's code."
 
 
 class SharingPlanError(ValueError):
@@ -77,6 +90,61 @@ class Relational:
         return "+".join(self.tasks)
 
 
+@dataclass(frozen=True)
+class Adapter:
+    """Per-group modules on the encoder's own layers (not relational ones), one set per task group; the
+    defaults here are the only ones (the recipe's structured form leaves a setting null to take them)."""
+
+    kind: str
+    "lora or pals."
+    groups: tuple[tuple[str, ...], ...] = ()
+    "One adapter per group; a resolved plan lists every task in exactly one group."
+    r: int = 8
+    "lora: rank of each update B A."
+    alpha: float = 16.0
+    "lora: the update is scaled by alpha / r."
+    dropout: float = 0.0
+    "lora: dropout on the adapter's input."
+    targets: tuple[str, ...] = ("query", "value")
+    "lora: which projections of every layer carry an adapter (LORA_TARGETS); Hu et al. 2021 adapt query and value."
+    size: int | None = None
+    "pals: width d_s of the projected attention; None: PALS_WIDTH_RATIO of the hidden size, rounded up to a multiple \
+of heads."
+    heads: int = 6
+    "pals: attention heads in the projected space (6 in Stickland & Murray's code)."
+
+    def owner(self, task: str) -> str:
+        return next("+".join(group) for group in self.groups if task in group)
+
+    def width(self, hidden_size: int) -> int:
+        """pals: d_s for an encoder of this hidden size."""
+        if self.size is not None:
+            return self.size
+        return self.heads * math.ceil(hidden_size * PALS_WIDTH_RATIO / self.heads)
+
+    def describe(self) -> str:
+        if self.kind == "lora":
+            text = (f"lora r={self.r} alpha={_number_text(self.alpha)} dropout={_number_text(self.dropout)} "
+                    f"on {','.join(self.targets)}")
+        else:
+            text = f"pals {'scaled' if self.size is None else self.size} dims, {self.heads} heads"
+        return text + "".join(f" [{'+'.join(g)}]" for g in self.groups)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "groups": [list(g) for g in self.groups], "r": self.r, "alpha": self.alpha,
+                "dropout": self.dropout, "targets": list(self.targets), "size": self.size, "heads": self.heads}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Adapter:
+        data = dict(data)
+        return cls(**data | {"groups": tuple(tuple(g) for g in data.get("groups", ())),
+                             "targets": tuple(data.get("targets", cls.targets))})
+
+
+def _number_text(value: float) -> str:
+    return f"{value:g}"
+
+
 class BranchPath(NamedTuple):
     """The copy each part of one task's stack comes from."""
 
@@ -99,6 +167,12 @@ class SharingPlan:
     relational: tuple[Relational, ...] = ()
     text: str = ""
     "The plan as written (a short string), for display; empty for a structured plan."
+    adapter: Adapter | None = None
+    "LoRA or PALs on the encoder's layers, one per task group; None: none."
+
+    def adapter_owner(self, task: str) -> str | None:
+        """The name of the adapter `task` runs through (its group's tasks joined by '+'), or None."""
+        return self.adapter.owner(task) if self.adapter is not None else None
 
     def owner(self, part: Part, task: str) -> str:
         if part.mode != "individual":
@@ -140,12 +214,15 @@ class SharingPlan:
         layers = ", ".join(f"{a}-{b} {t}" if a != b else f"{a} {t}" for a, b, t in runs)
         parts = [f"embeddings {part_text(self.embeddings)}", f"layers {layers}"]
         parts += [f"relational {r.layers} layer(s) [{r.owner}] ({r.init})" for r in self.relational]
+        if self.adapter is not None:
+            parts.append(self.adapter.describe())
         return " | ".join(parts)
 
     def to_dict(self) -> dict:
         return {"text": self.text, "tasks": list(self.tasks), "embeddings": _part_dict(self.embeddings),
                 "layers": [_part_dict(p) for p in self.layers],
-                "relational": [{"tasks": list(r.tasks), "layers": r.layers, "init": r.init} for r in self.relational]}
+                "relational": [{"tasks": list(r.tasks), "layers": r.layers, "init": r.init} for r in self.relational],
+                "adapter": self.adapter.to_dict() if self.adapter is not None else None}
 
     @classmethod
     def from_dict(cls, data: dict) -> SharingPlan:
@@ -156,7 +233,8 @@ class SharingPlan:
                    layers=tuple(part(p) for p in data["layers"]),
                    relational=tuple(Relational(tuple(r["tasks"]), r["layers"], r["init"])
                                     for r in data.get("relational", ())),
-                   text=data.get("text", ""))
+                   text=data.get("text", ""),
+                   adapter=Adapter.from_dict(data["adapter"]) if data.get("adapter") else None)
 
 
 def _part_dict(part: Part) -> dict:
@@ -191,6 +269,8 @@ class PlanSpec:
     relational: list[Relational]
     counted: int | None = None
     "For a layer string, the sum of its counts, which must equal the encoder's layer count."
+    adapter: Adapter | None = None
+    "Groups as written (tasks in no group are filled in by resolve)."
 
     def resolve(self, num_layers: int) -> SharingPlan:
         """Check the ranges against the layer count and give every task an owner for every part."""
@@ -220,7 +300,13 @@ class PlanSpec:
                 _check_owner(group)
         for extra in self.relational:
             _check_owner(extra.tasks)
-        return SharingPlan(tuple(self.tasks), embeddings, tuple(layers), tuple(self.relational), self.text)
+        adapter = self.adapter
+        if adapter is not None:
+            adapter = dataclasses.replace(adapter, groups=_fill_groups(Part("individual", adapter.groups),
+                                                                        self.tasks).groups)
+            for group in adapter.groups:
+                _check_owner(group)
+        return SharingPlan(tuple(self.tasks), embeddings, tuple(layers), tuple(self.relational), self.text, adapter)
 
 
 def parse_plan(spec: Any, tasks: list[str]) -> PlanSpec:
@@ -254,6 +340,77 @@ def _split_outside_brackets(text: str, separator: str) -> list[str]:
 _SEGMENT = re.compile(r"(?P<letter>[FSI])(?P<count>\d+)(?:\[(?P<groups>[^\[\]]*)\])?")
 _EMBEDDINGS = re.compile(r"E(?P<letter>[FSI])(?:\[(?P<groups>[^\[\]]*)\])?")
 _RELATIONAL = re.compile(r"R(?P<count>\d+)\[(?P<groups>[^\[\]]*)\]")
+_ADAPTER = re.compile(r"(?P<kind>lora|pals)(?:\[(?P<inside>[^\[\]]*)\])?")
+
+
+def _parse_adapter_short(match: re.Match, tasks: list[str]) -> Adapter:
+    """`lora`, `lora[r=16,alpha=32,targets=query/value,quora+sts]`: settings key=value and task groups, mixed."""
+    settings: dict[str, Any] = {}
+    groups = []
+    inside = (match["inside"] or "").strip()
+    for item in inside.split(",") if inside else []:
+        item = item.strip()
+        key, sep, value = item.partition("=")
+        if not sep:
+            groups.append([t.strip() for t in item.split("+")])
+            continue
+        key, value = key.strip(), value.strip()
+        if key in settings:
+            raise SharingPlanError(f"{match[0]!r}: {key} is given twice")
+        settings[key] = value.split("/") if key == "targets" else _short_number(key, value, match[0])
+    return _adapter(match["kind"], settings, _check_groups(groups, tasks, ()), ())
+
+
+def _short_number(key: str, value: str, piece: str) -> int | float:
+    try:
+        return int(value) if key in ("r", "size", "heads") else float(value)
+    except ValueError:
+        raise SharingPlanError(f"{piece!r}: {key}={value!r} is not a number") from None
+
+
+def _adapter(kind: str, settings: dict[str, Any], groups: tuple, path: tuple[str, ...]) -> Adapter:
+    """An Adapter from settings checked against its kind; a null setting takes the default."""
+    known = [name for names in _ADAPTER_SETTINGS.values() for name in names]
+    values = {}
+    for key, value in settings.items():
+        if key not in known:
+            raise SharingPlanError(f"unknown adapter setting {key!r}; {_did_you_mean(key, known)}lora takes r, "
+                                   f"alpha, dropout, targets; pals takes size, heads", path)
+        if value is None:
+            continue
+        if key not in _ADAPTER_SETTINGS[kind]:
+            other = next(k for k, names in _ADAPTER_SETTINGS.items() if key in names)
+            raise SharingPlanError(f"{key} is a {other} setting; {kind} takes {', '.join(_ADAPTER_SETTINGS[kind])}",
+                                   path + ((key,) if path else ()))
+        values[key] = _adapter_value(key, value, path + ((key,) if path else ()))
+    adapter = Adapter(kind, groups, **values)
+    if kind == "pals" and adapter.size is not None and adapter.size % adapter.heads:
+        raise SharingPlanError(f"pals size {adapter.size} is not a multiple of its {adapter.heads} heads", path)
+    return adapter
+
+
+def _adapter_value(key: str, value: Any, path: tuple[str, ...]) -> Any:
+    if key == "targets":
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise SharingPlanError(f"expected a list of targets such as [query, value], got {value!r}", path)
+        chosen = []
+        for name in names:
+            name = name.strip()
+            if name not in LORA_TARGETS and name not in TARGET_SETS:
+                choices = [*LORA_TARGETS, *TARGET_SETS]
+                raise SharingPlanError(f"unknown LoRA target {name!r}; {_did_you_mean(name, choices)}choose from "
+                                       f"{', '.join(choices)}", path)
+            chosen += [t for t in TARGET_SETS.get(name, (name,)) if t not in chosen]
+        return tuple(t for t in LORA_TARGETS if t in chosen)  # one order, whatever the order written
+    whole = key in ("r", "size", "heads")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (whole and not float(value).is_integer()):
+        raise SharingPlanError(f"{key} must be {'a whole number' if whole else 'a number'}, got {value!r}", path)
+    bad = (value < 1 if whole else value <= 0 if key == "alpha" else not 0 <= value < 1) or not math.isfinite(value)
+    if bad:
+        bound = "at least 1" if whole else "above 0" if key == "alpha" else "in [0, 1)"
+        raise SharingPlanError(f"{key} must be {bound}, got {value!r}", path)
+    return int(value) if whole else float(value)
 
 
 def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
@@ -264,9 +421,16 @@ def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
         within = f" in {text!r}" if piece.strip() != text else ""
         return SharingPlanError(f"cannot read {piece!r}{within}; expected {SHORT_FORMS}")
 
-    relational = []
+    relational, adapter = [], None
     for piece in extras:
         match = _RELATIONAL.fullmatch(piece.strip())
+        adapter_match = _ADAPTER.fullmatch(piece.strip())
+        if adapter_match:
+            if adapter is not None:
+                raise SharingPlanError(f"{text!r} has two adapter segments; a plan takes one "
+                                       f"(+lora[...] or +pals[...])")
+            adapter = _parse_adapter_short(adapter_match, tasks)
+            continue
         if not match:
             raise unreadable(piece)
         groups = _parse_groups(match["groups"], tasks, ())
@@ -278,7 +442,7 @@ def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
 
     base = base.strip()
     if base in MODES:
-        return PlanSpec(tasks, text, None, [_Range(0, None, Part(base), (), base)], relational)
+        return PlanSpec(tasks, text, None, [_Range(0, None, Part(base), (), base)], relational, adapter=adapter)
     segments = _split_outside_brackets(base, "-")
     embeddings = None
     if segments[0].startswith("E"):
@@ -298,7 +462,7 @@ def _parse_short(text: str, tasks: list[str]) -> PlanSpec:
         start += count
     if not ranges:
         raise unreadable(base)
-    return PlanSpec(tasks, text, embeddings, ranges, relational, counted=start)
+    return PlanSpec(tasks, text, embeddings, ranges, relational, counted=start, adapter=adapter)
 
 
 def _count(digits: str, piece: str) -> int:
@@ -315,6 +479,11 @@ def _parse_groups(text: str | None, tasks: list[str], path: tuple[str, ...]) -> 
     return _check_groups(groups, tasks, path)
 
 
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    near = difflib.get_close_matches(word, choices, n=1)
+    return f"did you mean {near[0]!r}? " if near else ""
+
+
 def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tuple[tuple[str, ...], ...]:
     seen: dict[str, int] = {}
     checked = []
@@ -325,10 +494,9 @@ def _check_groups(groups: list, tasks: list[str], path: tuple[str, ...]) -> tupl
             raise SharingPlanError(f"group {i} {group!r} must name at least one task", path)
         for task in group:
             if task not in tasks:
-                near = difflib.get_close_matches(task, tasks, n=1)
-                hint = f"did you mean {near[0]!r}? " if near else ""
                 raise SharingPlanError(f"group {_group_text(group)} names {task!r}, which is not a task of "
-                                       f"this recipe; {hint}its tasks: {', '.join(tasks)}", path)
+                                       f"this recipe; {_did_you_mean(task, tasks)}its tasks: {', '.join(tasks)}",
+                                       path)
             if task in seen:
                 where = "twice in one group" if seen[task] == i else "in two groups"
                 raise SharingPlanError(f"task {task!r} is {where}; a task runs through one copy of each layer",
@@ -359,10 +527,10 @@ def _check_relational(relational: list[Relational], path: tuple[str, ...]) -> No
 
 
 def _parse_mapping(spec: dict, tasks: list[str]) -> PlanSpec:
-    unknown = set(spec) - {"embeddings", "layers", "relational"}
+    unknown = set(spec) - {"embeddings", "layers", "relational", "adapter"}
     if unknown:
         raise SharingPlanError(f"unknown key(s) {', '.join(sorted(unknown))}; a structured plan has embeddings, "
-                               f"layers and relational")
+                               f"layers, relational and adapter")
     embeddings = None
     raw_embeddings = spec.get("embeddings")
     if isinstance(raw_embeddings, str):
@@ -403,18 +571,35 @@ def _parse_mapping(spec: dict, tasks: list[str]) -> PlanSpec:
             raise SharingPlanError(f"expected one of {', '.join(RELATIONAL_INITS)}, got {init!r}", path + ("init",))
         relational.append(Relational(groups[0], count, init))
     _check_relational(relational, ("relational",))
-    return PlanSpec(tasks, "", embeddings, ranges, relational)
+    adapter = _mapping_adapter(spec["adapter"], tasks) if spec.get("adapter") is not None else None
+    return PlanSpec(tasks, "", embeddings, ranges, relational, adapter=adapter)
+
+
+def _mapping_adapter(entry: Any, tasks: list[str]) -> Adapter:
+    path = ("adapter",)
+    if not isinstance(entry, dict):
+        raise SharingPlanError("expected a mapping such as {type: lora, r: 8}", path)
+    kind = entry.get("type")
+    if kind not in ADAPTER_KINDS:
+        raise SharingPlanError(f"expected one of {', '.join(ADAPTER_KINDS)}, got {kind!r}", path + ("type",))
+    settings = {k: v for k, v in entry.items() if k not in ("type", "groups")}
+    return _adapter(kind, settings, _entry_groups(entry, tasks, path), path)
 
 
 def _mapping_part(entry: dict, tasks: list[str], path: tuple[str, ...]) -> Part:
     mode = entry.get("mode")
     if mode not in MODES:
         raise SharingPlanError(f"expected one of {', '.join(MODES)}, got {mode!r}", path + ("mode",))
+    return _part(mode, _entry_groups(entry, tasks, path), path)
+
+
+def _entry_groups(entry: dict, tasks: list[str], path: tuple[str, ...]) -> tuple:
+    """A mapping's `groups` (a part's or the adapter's), checked."""
     groups = entry.get("groups") or []
     if not isinstance(groups, list):
         raise SharingPlanError(f"expected a list of task groups, e.g. [[quora, sts]], got {groups!r}",
                                path + ("groups",))
-    return _part(mode, _check_groups(groups, tasks, path + ("groups",)), path)
+    return _check_groups(groups, tasks, path + ("groups",))
 
 
 def _parse_range(value: Any, path: tuple[str, ...]) -> tuple[int, int | None]:

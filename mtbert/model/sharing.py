@@ -9,7 +9,8 @@ Each copy holds its parts under their Hugging Face names, so a parameter reads
 ``copies.quora+sts.encoder.layer.5.attention.self.query.weight``: drop ``copies.<owner>.`` and it is a
 BertModel key. A task's *branch* is the BertModel assembled from the copies it uses. Branches own no
 weights, and a task's forward is its branch's own ``BertModel.forward``, so whatever BertModel does
-with masks and inputs, every branch does too.
+with masks and inputs, every branch does too. A plan's adapters (mtbert/model/adapters.py) sit on the copies'
+layers; a task's forward first makes its own adapter the active one.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from itertools import chain
 import torch
 from torch import nn
 
+from mtbert.model import adapters
 from mtbert.model.bert import BertConfig, BertLayer, BertModel, BertModelOutput
 from mtbert.model.plan import BranchPath, SharingPlan
 
@@ -81,6 +83,7 @@ class BranchedEncoder(nn.Module):
             self._copy(owner).pooler = place(source.pooler)
         if "frozen" in self.copies:
             self.copies["frozen"].requires_grad_(False)
+        adapters.attach(self, plan, config)  # LoRA or PALs per task group, after the copies hold their weights
         # Branch views, built on first use; a plain dict, so they are not submodules and every
         # parameter is registered exactly once, under copies.
         self._branches: dict[BranchPath, BertModel] = {}
@@ -143,6 +146,7 @@ class BranchedEncoder(nn.Module):
         return self._view(task).encode(hidden, attention_mask, first_token_only)
 
     def _view(self, task: str) -> BertModel:
+        adapters.activate(self, self.plan, task)
         view = self.branch(task)
         if view.training != self.training:
             view.train(self.training)

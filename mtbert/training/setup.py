@@ -24,6 +24,7 @@ from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
 from mtbert.data.streams import StreamPositions, TaskStream
 from mtbert.errors import MtbertError
+from mtbert.exported import LoadedModel
 from mtbert.inference import eval_loader
 from mtbert.model.accounting import format_counts, parameter_counts
 from mtbert.model.bert import BertConfig, BertModel
@@ -34,7 +35,7 @@ from mtbert.objectives.base import LossMeter, Objective, ObjectiveContext, Train
 from mtbert.objectives.registry import build_objectives
 from mtbert.pretrained import load_encoder
 from mtbert.tasks import Task, resolve_tasks
-from mtbert.training import faults, launch
+from mtbert.training import adding, faults, launch
 from mtbert.training.checkpoints import Processes, find_checkpoint
 from mtbert.training.guards import NonFiniteGuard, StopVote
 from mtbert.training.optim import build_optimizer
@@ -84,7 +85,11 @@ def build_encoder(recipe: Recipe, tokenizer) -> BertModel:
                           f"{encoder.config.max_position_embeddings} positions")
     return encoder
 
-def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer) -> MultiTaskModel:
+def build_model(recipe: Recipe, tasks: dict[str, Task], tokenizer,
+                trained: LoadedModel | None = None) -> MultiTaskModel:
+    """The recipe's model; with `trained` (model.add_to), that model extended by the recipe's new tasks."""
+    if trained is not None:
+        return adding.extended_model(recipe, {name: head_spec(t) for name, t in tasks.items()}, trained)
     encoder = build_encoder(recipe, tokenizer)
     try:  # the plan meets the encoder's real layer count here when model.init is a hub name
         config = MultiTaskConfig(encoder=encoder.config, tasks={name: head_spec(t) for name, t in tasks.items()},
@@ -188,9 +193,12 @@ def setup(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     output = Path(recipe.output_dir)
     resume_from = _setup_output(output, accelerator, resume, overwrite)
     launch.seed_everything(recipe.seed)
+    trained = adding.trained_model(recipe)  # model.add_to: the run trains new tasks on that model
+    if trained is not None:
+        recipe = adding.extended_recipe(recipe, trained)
     with accelerator.main_process_first():
         data = load_run_data(recipe, accelerator)
-    model = speed.prepare_model(build_model(recipe, data.tasks, data.tokenizer), recipe.speed)
+    model = speed.prepare_model(build_model(recipe, data.tasks, data.tokenizer, trained), recipe.speed)
     counts = parameter_counts(model)
     accelerator.print(format_counts(counts))
     streams = _setup_streams(recipe, data, accelerator)

@@ -102,6 +102,13 @@ def test_tables_and_plot(tmp_path):
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
     assert rows[1]["model.sharing"] == "frozen" and float(rows[1]["peak RSS MiB"]) == 600.0 and rows[2]["overall"] == ""
     assert (tmp_path / "sweep.png").read_bytes().startswith(PNG_MAGIC)
+    # Runs that report what one more task adds (parameters.json's own_bytes_per_task) get a column for it.
+    results[0]["own_bytes_per_task"] = 2**19
+    write_tables(results, [Axis("model.sharing", [])], tmp_path, title="survey")
+    table = (tmp_path / "sweep.md").read_text().splitlines()
+    assert table[0].startswith("| model.sharing | status | parameters | trainable | per-task MiB | checkpoint MiB |")
+    assert table[2].startswith("| shared | ok | 1,000 | 800 | 0.5 | 3.0 |")
+    assert table[3].startswith("| frozen | ok | 1,000 | 800 |  |")
 
 
 @pytest.mark.slow

@@ -45,7 +45,8 @@ def test_counts_match_the_plan():
                     "trainable": 4 * LAYER + POOLER, "own": 3 * LAYER + POOLER}
     assert c["tasks"]["sts"] == {"branch": "quora+sts", "encoder": EMBEDDINGS + 4 * LAYER + POOLER,
                                  "head": HEADS["sts"], "total": EMBEDDINGS + 4 * LAYER + POOLER + HEADS["sts"],
-                                 "trainable": 4 * LAYER + POOLER + HEADS["sts"]}
+                                 "trainable": 4 * LAYER + POOLER + HEADS["sts"], "adapter": 0,
+                                 "own": HEADS["sts"]}  # quora runs through the same branch
     assert "sharing: embeddings frozen | layers 0 shared, 1-2 individual [sst] [quora+sts]" in format_counts(c)
 
 
@@ -58,3 +59,32 @@ def test_whole_encoder_plans():
     individual = counts("individual")
     assert individual["encoder"] == 3 * one_encoder
     assert all(b["own"] == one_encoder for b in individual["branches"].values())
+
+
+def test_adapters_are_counted_apart_from_the_copies():
+    # LoRA rank 2 on all six projections of the 3 layers: r (in + out) each; one adapter for sst, one for quora+sts.
+    lora = 3 * 2 * (4 * (H + H) + (H + FF) + (FF + H))
+    c = counts("F1-S2+lora[r=2,targets=all,quora+sts]")
+    assert c["adapters"] == {"sst": {"tasks": ["sst"], "parameters": lora, "trainable": lora},
+                             "quora+sts": {"tasks": ["quora", "sts"], "parameters": lora, "trainable": lora}}
+    assert c["adapters_total"] == 2 * lora
+    assert c["copies"] == {"frozen": {"parameters": EMBEDDINGS + LAYER, "trainable": 0},
+                           "shared": {"parameters": 2 * LAYER + POOLER, "trainable": 2 * LAYER + POOLER}}
+    assert c["total"] == EMBEDDINGS + 3 * LAYER + POOLER + 2 * lora + sum(HEADS.values())
+    assert c["trainable"] == 2 * LAYER + POOLER + 2 * lora + sum(HEADS.values())
+    assert c["tasks"]["sst"] | {"branch": None} == {
+        "branch": None, "encoder": EMBEDDINGS + 3 * LAYER + POOLER, "adapter": lora, "head": HEADS["sst"],
+        "total": EMBEDDINGS + 3 * LAYER + POOLER + lora + HEADS["sst"],
+        "trainable": 2 * LAYER + POOLER + lora + HEADS["sst"], "own": lora + HEADS["sst"]}
+    assert c["tasks"]["quora"]["own"] == HEADS["quora"]  # its adapter is shared with sts
+    assert c["own_per_task"] == (lora + sum(HEADS.values())) / 3
+    assert c["own_bytes_per_task"] == 4 * c["own_per_task"]  # float32
+    assert f"adapters: sst {lora:,} | quora+sts {lora:,}" in format_counts(c)
+
+
+def test_pals_counts():
+    # Per task: V_E (H -> 8) and V_D (8 -> H) with biases, and per layer query, key, value (8 -> 8) with biases.
+    pals = (H * 8 + 8) + (8 * H + H) + 3 * 3 * (8 * 8 + 8)
+    c = counts("frozen+pals[size=8,heads=2]")
+    assert c["adapters_total"] == 3 * pals and c["trainable"] == 3 * pals + sum(HEADS.values())
+    assert all(c["tasks"][task]["own"] == pals + HEADS[task] for task in HEADS)

@@ -5,7 +5,7 @@ import dataclasses
 
 import pytest
 
-from mtbert.model.plan import Part, Relational, SharingPlanError, resolve_plan
+from mtbert.model.plan import Adapter, Part, Relational, SharingPlan, SharingPlanError, resolve_plan
 
 TASKS = ["sst", "quora", "sts"]
 
@@ -65,6 +65,27 @@ def test_structured_plan_equals_its_short_string():
      "layers.0.groups", "group 1 \\[\\] must name at least one task"),
     ({"layers": []}, "layers", "a structured plan lists its layer ranges"),
     ({"layer": []}, "", "unknown key\\(s\\) layer"),
+    ("frozen+lora+pals", "", "has two adapter segments; a plan takes one"),
+    ("frozen+lora[r=0]", "", "r must be at least 1, got 0"),
+    ("frozen+lora[r=x]", "", "'lora\\[r=x\\]': r='x' is not a number"),
+    ("frozen+lora[r=2,r=4]", "", "r is given twice"),
+    ("frozen+lora[rank=4]", "", "unknown adapter setting 'rank'; lora takes r, alpha, dropout, targets"),
+    ("frozen+lora[size=96]", "", "size is a pals setting; lora takes r, alpha, dropout, targets"),
+    ("frozen+pals[r=8]", "", "r is a lora setting; pals takes size, heads"),
+    ("frozen+lora[dropout=1]", "", "dropout must be in \\[0, 1\\), got 1.0"),
+    ("frozen+lora[alpha=0]", "", "alpha must be above 0"),
+    ("frozen+lora[targets=querry]", "", "unknown LoRA target 'querry'; did you mean 'query'"),
+    ("frozen+pals[size=100]", "", "pals size 100 is not a multiple of its 6 heads"),
+    ("frozen+lora[sst+qoura]", "", "names 'qoura', which is not a task of this recipe; did you mean 'quora'"),
+    ("frozen+lora[sst,sst+sts]", "", "task 'sst' is in two groups"),
+    ({"layers": [{"range": "all", "mode": "frozen"}], "adapter": {"type": "prefix"}}, "adapter.type",
+     "expected one of lora, pals, got 'prefix'"),
+    ({"layers": [{"range": "all", "mode": "frozen"}], "adapter": {"type": "lora", "r": 2.5}}, "adapter.r",
+     "r must be a whole number, got 2.5"),
+    ({"layers": [{"range": "all", "mode": "frozen"}], "adapter": {"type": "lora", "targets": []}}, "adapter.targets",
+     "expected a list of targets"),
+    ({"layers": [{"range": "all", "mode": "frozen"}], "adapter": {"type": "pals", "groups": [["sst", "x"]]}},
+     "adapter.groups", "names 'x', which is not a task"),
 ])
 def test_bad_plans_are_named_errors(plan, path, message):
     with pytest.raises(SharingPlanError, match=message) as error:
@@ -80,3 +101,29 @@ def test_a_task_may_not_take_a_copy_name():
     # 'a+b' alone and the group [a, b] would both be called a+b: one copy for two owners, silently.
     with pytest.raises(SharingPlanError, match="task 'a\\+b' owns a copy of encoder weights, so its name cannot"):
         resolve_plan({"layers": [{"range": "all", "mode": "individual", "groups": [["a", "b"]]}]}, 2, ["a", "b", "a+b"])
+
+
+def test_adapters_short_and_structured():
+    plan = resolve_plan("F1-S2+lora[r=16,alpha=32,dropout=0.1,targets=ffn/query,sts+quora]", 3, TASKS)
+    assert plan.layers == (Part("frozen"), Part("shared"), Part("shared"))
+    # groups as written, every other task alone; targets in one order whatever the order written
+    assert plan.adapter == Adapter("lora", (("sst",), ("quora", "sts")), r=16, alpha=32.0, dropout=0.1,
+                                   targets=("query", "ffn_in", "ffn_out"))
+    assert [plan.adapter_owner(t) for t in TASKS] == ["sst", "quora+sts", "quora+sts"]
+    structured = {"layers": [{"range": 0, "mode": "frozen"}, {"range": "1-2", "mode": "shared"}],
+                  "adapter": {"type": "lora", "r": 16, "alpha": 32, "dropout": 0.1, "targets": ["query", "ffn"],
+                              "groups": [["quora", "sts"]], "size": None, "heads": None}}  # null: the default
+    assert resolve_plan(structured, 3, TASKS) == dataclasses.replace(plan, text="")
+    defaults = resolve_plan("frozen+lora", 3, TASKS).adapter
+    assert (defaults.r, defaults.alpha, defaults.dropout, defaults.targets) == (8, 16.0, 0.0, ("query", "value"))
+    assert resolve_plan("shared+R1[quora+sts]+pals", 3, TASKS).relational  # relational layers and an adapter
+    assert "lora r=16 alpha=32 dropout=0.1 on query,ffn_in,ffn_out [sst] [quora+sts]" in plan.describe()
+    assert SharingPlan.from_dict(plan.to_dict()) == plan
+    assert SharingPlan.from_dict({k: v for k, v in plan.to_dict().items() if k != "adapter"}).adapter is None
+
+
+def test_pals_width_scales_with_the_hidden_size():
+    pals = resolve_plan("frozen+pals", 3, TASKS).adapter
+    assert (pals.width(768), pals.width(384), pals.heads) == (204, 102, 6)  # BERT-base as in the paper's code; MiniLM
+    assert pals.width(32) == 12  # 8.5 rounded up to a multiple of the 6 heads
+    assert resolve_plan("frozen+pals[size=48,heads=4]", 3, TASKS).adapter.width(384) == 48

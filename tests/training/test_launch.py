@@ -223,14 +223,26 @@ TWO_PROCESS_CASES = {"frozen_encoder": ["model.sharing=frozen"],
                      # random encoder every sentence gets almost the same vector, so the triplet loss has gradients
                      # of ~1e-9 whose float rounding AdamW's first steps blow up to +-lr: the stage runs at lr 1e-6.
                      # (tests/objectives/test_contrastive.py checks that processes split triplet batches exactly.)
-                     "stages": ["stages=[{objective: triplet, max_steps: 3, lr: 1.0e-6}, {max_steps: 3, smart: true}]"]}
+                     "stages": ["stages=[{objective: triplet, max_steps: 3, lr: 1.0e-6}, {max_steps: 3, smart: true}]"],
+                     # per-task LoRA on a frozen + shared base: each process activates the step's task's adapter;
+                     # the others get no gradient (DDP's find_unused_parameters), also when an adapter is used in
+                     # the first micro-step (no sync) but not in the second. eps 1e-4: the tiny random encoder's
+                     # query/key gradients (~1e-7) differ in float rounding between one and two processes, and
+                     # AdamW's default eps 1e-8 turns that into weight differences of 5e-4; with eps 1e-4 they agree
+                     # to 1e-8 while the adapters move by ~1e-2.
+                     "lora": ["model.sharing=F1-S1+lora[r=2,targets=all,quora+sts]", "train.grad_accum=2",
+                              "train.eps=1e-4"]}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("overrides", TWO_PROCESS_CASES.values(), ids=TWO_PROCESS_CASES.keys())
 def test_two_processes_train_like_one_in_each_case(tmp_path, tokenizer_dir, overrides):
+    assert_two_train_like_one(tmp_path, tokenizer_dir, "cpu_multi.yaml", overrides)
+
+
+def assert_two_train_like_one(tmp_path: Path, tokenizer_dir: Path, config: str, overrides: list[str]) -> None:
     recipe = write_recipe(tmp_path, tokenizer_dir)
-    result = train_two("cpu_multi.yaml", recipe, tmp_path / "two", *overrides)
+    result = train_two(config, recipe, tmp_path / "two", *overrides)
     assert result.returncode == 0, failure_text(result)
     assert "weights identical on all 2 processes" in result.stdout
     train(load_recipe(recipe, [*RUN, ONE_PROCESS_BATCH, f"output_dir={tmp_path / 'one'}", *overrides]))
@@ -325,3 +337,13 @@ def test_zero3_exports_the_whole_model_and_trains_as_zero2(zero2, zero3):
     finally:
         torch.set_num_threads(threads)
     assert_same_metrics(json.loads((zero3.output / "metrics.json").read_text()), alone)
+
+
+@pytest.mark.slow
+def test_zero2_trains_pals_as_one_process(tmp_path, tokenizer_dir):
+    """Per-task PALs under ZeRO-2. ZeRO gives parameters a step does not use a zero gradient (AdamW then moves them
+    by weight decay and momentum, unlike DDP): with all_tasks every step uses every task's PALs, so the two agree.
+    (Resuming ZeRO-2 exactly is test_zero_resumes_exactly's; resuming PALs, test_resume.py's.)"""
+    pytest.importorskip("deepspeed")
+    assert_two_train_like_one(tmp_path, tokenizer_dir, "deepspeed_zero2.yaml",
+                              ["model.sharing=frozen+pals", "sampling.strategy=all_tasks"])

@@ -66,6 +66,10 @@ RECIPES = {
         "sampling.strategy=annealed", "train.epochs=2", "train.grad_accum=2", "train.optimizer=mtbert_adamw",
         "tasks.sst.class_balanced=true", "tasks.quora.max_train_examples=16", "tasks.sst.pooler=stochastic",
         "train.warmup_ratio=0.25"],
+    # per-task adapters on a frozen + shared base; LoRA's dropout draws random numbers, all_tasks switches
+    # adapters between the forwards of one backward
+    "lora_dropout": ["model.sharing=F1-S1+lora[r=2,dropout=0.1,targets=all,quora+sts]"],
+    "pals_all_tasks": ["model.sharing=F1-S1+pals", "sampling.strategy=all_tasks"],
 }
 
 
