@@ -102,6 +102,8 @@ class Task:
     class_balanced: bool
     prompt: PromptTemplate | None = None
     "Set: each example is encoded as [CLS] question [SEP] context [SEP] (see data/prompts.py)."
+    eval_examples: int | None = None
+    "Dev examples this task is evaluated on during training, at most; None: eval.max_examples."
 
     @property
     def is_pair(self) -> bool:
@@ -119,7 +121,11 @@ class Task:
 
 def resolve_tasks(recipe: Recipe) -> dict[str, Task]:
     """Merge each recipe task over its built-in and check the result; keeps the recipe's order."""
-    return {name: resolve_task(name, cfg, recipe.train.batch_size) for name, cfg in recipe.tasks.items()}
+    tasks = {name: resolve_task(name, cfg, recipe.train.batch_size) for name, cfg in recipe.tasks.items()}
+    for task in tasks.values():
+        if task.eval_examples is None:
+            task.eval_examples = recipe.eval.max_examples
+    return tasks
 
 
 def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Task:
@@ -168,7 +174,8 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         label_range=merged.label_range, metrics=list(metrics), main_metric=list(main), hub=merged.hub,
         pooler=merged.pooler, pair_encoding=merged.pair_encoding, siamese_regression=merged.siamese_regression,
         head=merged.head, batch_size=merged.batch_size or default_batch_size, loss_weight=merged.loss_weight,
-        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt)
+        max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt,
+        eval_examples=merged.eval_examples)
 
 
 def _prompt(name: str, cfg: TaskConfig, is_pair: bool, where: str) -> PromptTemplate | None:
