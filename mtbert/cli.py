@@ -240,19 +240,37 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
 
 @app.command("make-data")
 @user_errors
-def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart.")] = "quickstart",
-              out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("data/quickstart"),
-              seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0):
-    """Generate the offline multi-task data set and WordPiece vocabulary the quickstart trains on.
+def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart, or large (generated "
+                                                       "tasks of any size, with a recipe).")] = "quickstart",
+              out: Annotated[Optional[Path], typer.Option(help="Folder to write; default data/NAME.")] = None,
+              seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
+              rows: Annotated[int, typer.Option(min=1, max=10**9, help="large: training rows of the largest "
+                                                                      "task.")] = 100_000,
+              tasks: Annotated[int, typer.Option(min=1, max=1000, help="large: number of tasks.")] = 1,
+              smallest: Annotated[Optional[int], typer.Option(min=1, max=10**9, help="large: training rows of the "
+                                                              "smallest task (sizes log-spaced in between); "
+                                                              "default --rows.")] = None,
+              dev_rows: Annotated[int, typer.Option(min=1, max=10**9, help="large: dev rows per task (at most "
+                                                                          "its training rows).")] = 2000):
+    """Generate a data set: the offline quickstart (three tasks and a WordPiece vocabulary), or large
+    generated tasks with their tokenizer and a recipe that trains them (OUT/recipe.yaml).
 
     Example: mtbert make-data quickstart --out data/quickstart
+    Example: mtbert make-data large --rows 1000000 --out data/large1m && mtbert train data/large1m/recipe.yaml
+    Example: mtbert make-data large --tasks 20 --rows 100000 --smallest 1000 --out data/twenty
     """
-    from mtbert.data.synthetic import make_quickstart_data
+    if name == "quickstart":
+        from mtbert.data.synthetic import make_quickstart_data
 
-    if name != "quickstart":
-        raise MtbertError(f"unknown data set {name!r}; available: quickstart")
-    summary = make_quickstart_data(out, seed=seed)
-    typer.echo(f"wrote {out}: {json.dumps(summary)}")
+        summary = make_quickstart_data(out or Path("data/quickstart"), seed=seed)
+    elif name == "large":
+        from mtbert.data.large_synthetic import make_large_data
+
+        summary = make_large_data(out or Path("data/large"), rows=rows, tasks=tasks, smallest=smallest,
+                                  dev_rows=dev_rows, seed=seed)
+    else:
+        raise MtbertError(f"unknown data set {name!r}; available: quickstart, large")
+    typer.echo(f"wrote {out or Path('data') / name}: {json.dumps(summary)}")
 
 
 @app.command()
