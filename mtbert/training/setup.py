@@ -34,7 +34,7 @@ from mtbert.objectives.base import LossMeter, Objective, ObjectiveContext, Train
 from mtbert.objectives.registry import build_objectives
 from mtbert.pretrained import load_encoder
 from mtbert.tasks import Task, resolve_tasks
-from mtbert.training import faults, launch
+from mtbert.training import faults, launch, machines
 from mtbert.training.checkpoints import Processes, find_checkpoint
 from mtbert.training.guards import NonFiniteGuard, StopVote
 from mtbert.training.optim import build_optimizer
@@ -183,6 +183,7 @@ def setup(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     """Build a run; resume: `latest`, `auto` or a checkpoint folder to continue from (its state restored)."""
     check_trackers(recipe.tracking.trackers)
     accelerator = launch.make_accelerator(recipe)
+    machines.check_machines(recipe, accelerator)
     faults.arm(accelerator.process_index)
     output = Path(recipe.output_dir)
     resume_from = _setup_output(output, accelerator, resume, overwrite)
