@@ -365,3 +365,47 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
                          say=_say)
     if status:
         raise typer.Exit(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several machines: SLURM (issue 17)
+
+
+@app.command()
+@user_errors
+def slurm(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+          overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides for train.")] = None,
+          nodes: Annotated[int, typer.Option(min=1, max=4096, help="Nodes (machines) to train on.")] = 1,
+          gpus_per_node: Annotated[int, typer.Option(min=0, max=64, help="GPUs per node, one process each; 0: one "
+                                                                          "CPU process per node.")] = 1,
+          partition: Annotated[Optional[str], typer.Option(help="SLURM partition.")] = None,
+          time: Annotated[Optional[str], typer.Option(help="Time limit, e.g. 4:00:00 (SLURM's form).")] = None,
+          zero: Annotated[Optional[int], typer.Option(min=2, max=3, help="DeepSpeed ZeRO stage (2 or 3) instead "
+                                                                          "of DDP.")] = None,
+          cpus_per_task: Annotated[Optional[int], typer.Option(min=1, max=1024, help="CPUs per node.")] = None,
+          signal_before: Annotated[int, typer.Option(min=60, max=86400, help="Seconds before the time limit that "
+                                                     "the job is told to save and requeue itself.")] = 300,
+          port: Annotated[int, typer.Option(min=1024, max=65535, help="Rendezvous port on the first node.")] = 29500,
+          rendezvous: Annotated[str, typer.Option(help="c10d (torchrun assigns machine ranks) or static "
+                                                       "(machine rank = SLURM_NODEID).")] = "c10d",
+          script: Annotated[Optional[Path], typer.Option(help="Where to write the job script; default "
+                                                              "mtbert-<recipe name>.sbatch.")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; write and submit "
+                                                                  "nothing.")] = False):
+    """Write a SLURM job script that trains RECIPE on several nodes, and submit it with sbatch.
+
+    The job saves a checkpoint when SLURM signals the end of its time (or preempts it), requeues itself and
+    continues with --resume auto.
+
+    Example: mtbert slurm recipes/rrobin_full.yaml --nodes 2 --gpus-per-node 8 --time 4:00:00 --dry-run
+    """
+    from mtbert.commands import slurm as command
+
+    if rendezvous not in ("c10d", "static"):
+        raise MtbertError(f"--rendezvous {rendezvous}: expected c10d or static")
+    spec = command.JobSpec(recipe=recipe, overrides=list(overrides or []), nodes=nodes, gpus_per_node=gpus_per_node,
+                           partition=partition, time=time, zero=zero, cpus_per_task=cpus_per_task,
+                           signal_before=signal_before, port=port, rendezvous=rendezvous,
+                           name=f"mtbert-{recipe.stem}")
+    command.run(spec, script=script or Path(f"mtbert-{recipe.stem}.sbatch"), dry_run=dry_run,
+                command_line=" ".join(["mtbert", *sys.argv[1:]]), say=typer.echo)
