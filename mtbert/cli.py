@@ -368,7 +368,22 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
 
 
 # ---------------------------------------------------------------------------------------------
-# Several machines: SLURM (issue 17)
+# Several machines, SLURM and large tasks (issue 17)
+
+
+@app.command("bench-startup")
+@user_errors
+def bench_startup(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+                  overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+                  limit: Annotated[int, typer.Option(min=1, help="Seconds a run may take to reach step 1.")] = 1800):
+    """Time from `mtbert train` to its first optimizer step, and that process's peak memory, with a cold and
+    then a warm cache (a fresh cache folder of its own).
+
+    Example: mtbert make-data large --rows 100000 --out data/l100k; mtbert bench-startup data/l100k/recipe.yaml
+    """
+    from mtbert.commands import startup as command
+
+    command.run(recipe, list(overrides or []), limit_s=limit, echo=typer.echo)
 
 
 @app.command()
