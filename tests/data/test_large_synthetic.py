@@ -89,3 +89,26 @@ def test_make_data_large_from_the_command_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert '"task01": {"kind": "marker", "train": 10, "dev": 5}' in result.output
     assert (tmp_path / "two" / "recipe.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_twenty_tiny_tasks_train_with_budgets_and_a_floor(tmp_path):
+    """A many-task recipe end to end: every task is drawn (min_share), evaluated within its budget, and scored."""
+    import json
+
+    from mtbert.training.loop import train
+
+    make_large_data(tmp_path / "twenty", rows=60, tasks=20, smallest=8, dev_rows=12)
+    recipe = load_recipe(tmp_path / "twenty" / "recipe.yaml", [
+        "model.size.hidden_size=16", "model.size.intermediate_size=32", "model.max_length=20", "train.max_steps=150",
+        "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=1000", "eval.every_steps=150",
+        "eval.batch_size=64", "sampling.min_share=0.045", "tasks.task00.eval_examples=1",
+        f"output_dir={tmp_path / 'run'}"])
+    train(recipe)
+    records = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    drawn = {name for r in records if isinstance(r.get("loss"), dict) for name in r["loss"]}
+    assert drawn == set(recipe.tasks)  # the smallest (8 examples, p >= 0.045) still trained
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    mains = [metrics[name]["main"] for name in recipe.tasks]
+    assert len(mains) == 20 and metrics["overall"] == pytest.approx(sum(mains) / 20)
+    assert metrics["task00"]["accuracy"] in (0.0, 1.0)  # one dev example: its budget
