@@ -156,10 +156,8 @@ def _load_tokens(folder: Path) -> datasets.Dataset | None:
 
 def _store_tokens(folder: Path, dataset: datasets.Dataset, encode: Callable, token_columns: list[str], workers: int,
                   name: str) -> None:
-    """Tokenise into a staging folder, list its files last, rename it into place (see examples_cache._store)."""
-    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir(parents=True)
+    """Tokenise into a staged entry whose file list is written last."""
+    with staged_entry(folder, "tokenisation cache") as staging:
         drop = [c for c in dataset.column_names if c not in token_columns]
         procs = max(1, min(workers, len(dataset) // 1000))  # a worker per thousand examples at least
         dataset.map(encode, batched=True, batch_size=1000, num_proc=procs if procs > 1 else None,
@@ -167,11 +165,22 @@ def _store_tokens(folder: Path, dataset: datasets.Dataset, encode: Callable, tok
                     new_fingerprint=folder.name, desc=f"tokenize {name}")
         files = sorted(p.name for p in staging.glob("part*.arrow"))
         (staging / PARTS).write_text(json.dumps({"files": files}) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_entry(folder: Path, what: str) -> Iterator[Path]:
+    """A staging folder beside the cache entry `folder`, renamed into place once filled: a reader sees all of
+    an entry or nothing, and of two processes storing the same entry at once, one rename wins and the other's
+    copy goes."""
+    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+        yield staging
         with contextlib.suppress(OSError):  # another process stored it first: keep theirs
             os.rename(staging, folder)
     except OSError as error:
-        raise MtbertError(f"{folder.parent}: cannot write the tokenisation cache ({error.strerror or error}); set "
-                          f"MTBERT_CACHE to a writable folder") from None
+        raise MtbertError(f"{folder.parent}: cannot write the {what} ({error.strerror or error}); set MTBERT_CACHE "
+                          f"to a writable folder") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -19,21 +19,16 @@ Splits that do not come from a local file (the hub) are read as before: datasets
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import datasets
 import numpy as np
 
-from mtbert.data.encoding import cache_dir, examples_fingerprint, progress_bars
+from mtbert.data.encoding import cache_dir, examples_fingerprint, progress_bars, staged_entry
 from mtbert.data.reading import SplitData, read_split, split_path
-from mtbert.errors import MtbertError
 from mtbert.tasks import Task
 
 VERSION = 1
@@ -93,11 +88,8 @@ def _load(folder: Path) -> SplitData | None:
 
 
 def _store(folder: Path, data: SplitData, progress: bool) -> None:
-    """Write the entry into a staging folder and rename it into place: a reader sees all of it or nothing,
-    and of two processes storing the same entry at once, one rename wins and the other's copy goes."""
-    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
-    try:
-        staging.mkdir(parents=True)
+    """Write the entry (see encoding.staged_entry), split.json last."""
+    with staged_entry(folder, "data cache") as staging:
         with progress_bars(progress):
             data.dataset.save_to_disk(str(staging))
         np.save(staging / "lines.npy", np.asarray(data.lines if data.lines is not None else [], dtype=np.int64))
@@ -106,10 +98,3 @@ def _store(folder: Path, data: SplitData, progress: bool) -> None:
                 "ids_are_positions": data.ids_are_positions, "fingerprint": data.fingerprint,
                 "examples": len(data.dataset)}
         (staging / DONE).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-        with contextlib.suppress(OSError):  # another process stored it first: keep theirs
-            os.rename(staging, folder)
-    except OSError as error:
-        raise MtbertError(f"{folder.parent}: cannot write the data cache ({error.strerror or error}); set "
-                          f"MTBERT_CACHE to a writable folder") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
