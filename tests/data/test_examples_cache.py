@@ -1,6 +1,7 @@
 """The examples cache: a split read once, then memory-mapped; and tokenising it in several processes."""
 
 import datasets
+import pytest
 from transformers import AutoTokenizer
 
 from mtbert.config import TaskConfig
@@ -8,6 +9,7 @@ from mtbert.data import reading
 from mtbert.data.encoding import cache_dir, examples_fingerprint, tokenize_split
 from mtbert.data.examples_cache import read_split_cached
 from mtbert.data.reading import read_split
+from mtbert.errors import MtbertError
 from mtbert.tasks import resolve_task
 
 TASK = dict(format="tsv", train_file="t.tsv", text_columns=["q"], label_column="y", kind="binary", id_column="id")
@@ -66,3 +68,13 @@ def test_several_tokenising_workers_give_the_same_ids(tmp_path, monkeypatch, tok
     assert two.to_dict() == one.to_dict() and is_memory_mapped(two)
     reloaded = tokenize_split(read_split_cached(task, "train", tmp_path), task, tok, 8, progress=False)
     assert reloaded["input_ids"] == one["input_ids"]
+
+
+def test_an_unwritable_cache_is_one_line_naming_it(tmp_path, monkeypatch):
+    write_rows(tmp_path / "t.tsv", 5)
+    (tmp_path / "blocked").write_text("")
+    monkeypatch.setenv("MTBERT_CACHE", str(tmp_path / "blocked" / "cache"))
+    task = resolve_task("probe", TaskConfig(**TASK))
+    with pytest.raises(MtbertError, match=r"blocked/cache/examples: cannot write the data cache \(.*\); set "
+                                          r"MTBERT_CACHE"):
+        read_split_cached(task, "train", tmp_path)
