@@ -5,6 +5,7 @@ requeued run ends with the weights of an uninterrupted one."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -95,6 +96,12 @@ def test_bad_options_are_one_line(tmp_path, tokenizer_dir, args, message):
     assert result.exit_code != 0 and message in result.output and "Traceback" not in result.output
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def wait_for_step(log: Path, step: int, process: subprocess.Popen, limit: float = 300) -> None:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline and process.poll() is None:
@@ -112,7 +119,7 @@ def test_a_signalled_job_requeues_itself_and_ends_like_an_uninterrupted_run(tmp_
     monkeypatch.chdir(tmp_path)
     overrides = [*RUN, "train.batch_size=8", f"output_dir={tmp_path / 'job'}"]  # per process: 2 x 8
     submitted = CliRunner().invoke(app, ["slurm", str(recipe), *overrides, "--nodes", "2", "--gpus-per-node", "0",
-                                         "--port", str(29000 + os.getpid() % 1000), "--signal-before", "120",
+                                         "--port", str(free_port()), "--signal-before", "120",
                                          "--script", str(tmp_path / "job.sbatch")])
     assert submitted.exit_code == 0, submitted.output
     assert "Submitted batch job 4242" in submitted.output
