@@ -26,6 +26,7 @@ from mtbert.data.encoding import cache_dir
 from mtbert.data.reading import split_path
 from mtbert.errors import MtbertError
 from mtbert.tasks import resolve_tasks
+from mtbert.training import launch
 
 PROBE = ".mtbert-machines-probe"
 
@@ -89,8 +90,6 @@ def check_machines(recipe: Recipe, accelerator) -> None:
     needs; nothing otherwise. Collective: every process calls it."""
     if not several_machines():
         return
-    from accelerate.utils import broadcast_object_list, gather_object
-
     output = Path(recipe.output_dir).absolute()
     shared = [None, None, None]
     if accelerator.is_main_process:
@@ -98,13 +97,12 @@ def check_machines(recipe: Recipe, accelerator) -> None:
             shared = [write_probe(output), needed_paths(recipe), None]
         except MtbertError as error:
             shared = [None, None, str(error)]
-    broadcast_object_list(shared)
-    token, main_paths, failed = shared
+    token, main_paths, failed = launch.from_main_process(shared)
     if failed:
         raise MtbertError(f"{failed} (on the main machine)")
     mine = machine_problems(output, token, main_paths) if accelerator.is_local_main_process else []
     found = [f"{machine_name()}: {problem}" for problem in mine]
-    everyone = gather_object([found])
+    everyone = launch.from_every_process([found])
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (output / PROBE).unlink(missing_ok=True)
