@@ -240,19 +240,37 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
 
 @app.command("make-data")
 @user_errors
-def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart.")] = "quickstart",
-              out: Annotated[Path, typer.Option(help="Folder to write.")] = Path("data/quickstart"),
-              seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0):
-    """Generate the offline multi-task data set and WordPiece vocabulary the quickstart trains on.
+def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: quickstart, or large (generated "
+                                                       "tasks of any size, with a recipe).")] = "quickstart",
+              out: Annotated[Optional[Path], typer.Option(help="Folder to write; default data/NAME.")] = None,
+              seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Random seed.")] = 0,
+              rows: Annotated[int, typer.Option(min=1, max=10**9, help="large: training rows of the largest "
+                                                                      "task.")] = 100_000,
+              tasks: Annotated[int, typer.Option(min=1, max=1000, help="large: number of tasks.")] = 1,
+              smallest: Annotated[Optional[int], typer.Option(min=1, max=10**9, help="large: training rows of the "
+                                                              "smallest task (sizes log-spaced in between); "
+                                                              "default --rows.")] = None,
+              dev_rows: Annotated[int, typer.Option(min=1, max=10**9, help="large: dev rows per task (at most "
+                                                                          "its training rows).")] = 2000):
+    """Generate a data set: the offline quickstart (three tasks and a WordPiece vocabulary), or large
+    generated tasks with their tokenizer and a recipe that trains them (OUT/recipe.yaml).
 
     Example: mtbert make-data quickstart --out data/quickstart
+    Example: mtbert make-data large --rows 1000000 --out data/large1m && mtbert train data/large1m/recipe.yaml
+    Example: mtbert make-data large --tasks 20 --rows 100000 --smallest 1000 --out data/twenty
     """
-    from mtbert.data.synthetic import make_quickstart_data
+    if name == "quickstart":
+        from mtbert.data.synthetic import make_quickstart_data
 
-    if name != "quickstart":
-        raise MtbertError(f"unknown data set {name!r}; available: quickstart")
-    summary = make_quickstart_data(out, seed=seed)
-    typer.echo(f"wrote {out}: {json.dumps(summary)}")
+        summary = make_quickstart_data(out or Path("data/quickstart"), seed=seed)
+    elif name == "large":
+        from mtbert.data.large_synthetic import make_large_data
+
+        summary = make_large_data(out or Path("data/large"), rows=rows, tasks=tasks, smallest=smallest,
+                                  dev_rows=dev_rows, seed=seed)
+    else:
+        raise MtbertError(f"unknown data set {name!r}; available: quickstart, large")
+    typer.echo(f"wrote {out or Path('data') / name}: {json.dumps(summary)}")
 
 
 @app.command()
@@ -355,3 +373,62 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
                          say=_say)
     if status:
         raise typer.Exit(status)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several machines, SLURM and large tasks (issue 17)
+
+
+@app.command("bench-startup")
+@user_errors
+def bench_startup(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+                  overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides.")] = None,
+                  limit: Annotated[int, typer.Option(min=1, help="Seconds a run may take to reach step 1.")] = 1800):
+    """Time from `mtbert train` to its first optimizer step, and that process's peak memory, with a cold and
+    then a warm cache (a fresh cache folder of its own).
+
+    Example: mtbert make-data large --rows 100000 --out data/l100k; mtbert bench-startup data/l100k/recipe.yaml
+    """
+    from mtbert.commands import startup as command
+
+    command.run(recipe, list(overrides or []), limit_s=limit, echo=typer.echo)
+
+
+@app.command()
+@user_errors
+def slurm(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
+          overrides: Annotated[Optional[list[str]], typer.Argument(help="key=value overrides for train.")] = None,
+          nodes: Annotated[int, typer.Option(min=1, max=4096, help="Nodes (machines) to train on.")] = 1,
+          gpus_per_node: Annotated[int, typer.Option(min=0, max=64, help="GPUs per node, one process each; 0: one "
+                                                                          "CPU process per node.")] = 1,
+          partition: Annotated[Optional[str], typer.Option(help="SLURM partition.")] = None,
+          time: Annotated[Optional[str], typer.Option(help="Time limit, e.g. 4:00:00 (SLURM's form).")] = None,
+          zero: Annotated[Optional[int], typer.Option(min=2, max=3, help="DeepSpeed ZeRO stage (2 or 3) instead "
+                                                                          "of DDP.")] = None,
+          cpus_per_task: Annotated[Optional[int], typer.Option(min=1, max=1024, help="CPUs per node.")] = None,
+          signal_before: Annotated[int, typer.Option(min=60, max=86400, help="Seconds before the time limit that "
+                                                     "the job is told to save and requeue itself.")] = 300,
+          port: Annotated[int, typer.Option(min=1024, max=65535, help="Rendezvous port on the first node.")] = 29500,
+          rendezvous: Annotated[str, typer.Option(help="c10d (torchrun assigns machine ranks) or static "
+                                                       "(machine rank = SLURM_NODEID).")] = "c10d",
+          script: Annotated[Optional[Path], typer.Option(help="Where to write the job script; default "
+                                                              "mtbert-<recipe name>.sbatch.")] = None,
+          dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the job script; write and submit "
+                                                                  "nothing.")] = False):
+    """Write a SLURM job script that trains RECIPE on several nodes, and submit it with sbatch.
+
+    The job saves a checkpoint when SLURM signals the end of its time (or preempts it), requeues itself and
+    continues with --resume auto.
+
+    Example: mtbert slurm recipes/rrobin_full.yaml --nodes 2 --gpus-per-node 8 --time 4:00:00 --dry-run
+    """
+    from mtbert.commands import slurm as command
+
+    if rendezvous not in ("c10d", "static"):
+        raise MtbertError(f"--rendezvous {rendezvous}: expected c10d or static")
+    spec = command.JobSpec(recipe=recipe, overrides=list(overrides or []), nodes=nodes, gpus_per_node=gpus_per_node,
+                           partition=partition, time=time, zero=zero, cpus_per_task=cpus_per_task,
+                           signal_before=signal_before, port=port, rendezvous=rendezvous,
+                           name=f"mtbert-{recipe.stem}")
+    command.run(spec, script=script or Path(f"mtbert-{recipe.stem}.sbatch"), dry_run=dry_run,
+                command_line=" ".join(["mtbert", *sys.argv[1:]]), say=typer.echo)

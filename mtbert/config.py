@@ -84,7 +84,7 @@ def ranges(**bounds: Range):
         unknown = set(bounds) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise TypeError(f"{cls.__name__} has no field(s) {', '.join(sorted(unknown))}")
-        RANGES[cls] = bounds
+        RANGES.setdefault(cls, {}).update(bounds)  # a class may declare its fields' ranges in several lines
         return cls
     return declare
 
@@ -283,8 +283,23 @@ class TaskSmartConfig:
     "Compute the adversarial term with dropout off."
 
 
+# ---------------------------------------------------------------------------------------------
+# Large and many tasks: tokenising workers, per-task evaluation budgets (TaskConfig.eval_examples) and sampling
+# caps (SamplingConfig.size_cap, min_share).
+
+
+@ranges(workers=AT_LEAST_1)
+@dataclass
+class DataConfig:
+    """How training data is prepared: read once into a memory-mapped cache, tokenised once (mtbert/data/)."""
+
+    workers: int = 1
+    "Processes that tokenise a split not yet cached (datasets' map num_proc); the token ids are the same."
+
+
 @ranges(num_labels=Range(2), label_range=FINITE, batch_size=AT_LEAST_1, loss_weight=AT_LEAST_0,
         max_train_examples=AT_LEAST_1)
+@ranges(eval_examples=AT_LEAST_1)  # many tasks (see DataConfig's block)
 @dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
@@ -342,9 +357,13 @@ class TaskConfig:
     "`builtin` for the task's built-in template, or {question, context} for a custom one; null: plain inputs."
     smart: TaskSmartConfig | None = None
     "This task's SMART settings, each overriding the recipe's `smart:` value (e.g. {adv_weight: 5}); null: those."
+    # Many tasks (see DataConfig's block)
+    eval_examples: int | None = None
+    "Evaluate this task on at most its first this many dev examples during training; null: eval.max_examples."
 
 
 @ranges(temperature=ABOVE_0, anneal_decay=PROBABILITY)
+@ranges(size_cap=AT_LEAST_1, min_share=FRACTION)  # many tasks (see DataConfig's block)
 @dataclass
 class SamplingConfig:
     """Which task each step trains on."""
@@ -357,6 +376,13 @@ class SamplingConfig:
     """annealed: p ~ N^a with a = 1 - anneal_decay * t/(T-1) at optimizer step t (0-based) of the T in the run
     (or stage): a falls from 1 (proportional) to 1 - anneal_decay over training, whatever the number of
     epochs. Stickland & Murray's (2019) per-epoch a = 1 - decay * (e-1)/(E-1) is this with epochs as the unit."""
+    # Many tasks (see DataConfig's block)
+    size_cap: int | None = None
+    """proportional, temperature, annealed: a task counts as at most this many examples when its p is computed
+    (the limit K of Raffel et al.'s (2020) examples-proportional mixing); null: its full size."""
+    min_share: float = 0.0
+    """Random strategies: every task gets at least this share of the draws, p -> min_share + (1 - n min_share) p
+    for n tasks (a mix with uniform sampling), so that small tasks stay alive; n min_share must stay below 1."""
 
 
 @ranges(epochs=AT_LEAST_1, max_steps=AT_LEAST_1, batch_size=AT_LEAST_1, grad_accum=AT_LEAST_1, lr=ABOVE_0,
@@ -661,6 +687,8 @@ class Recipe:
     "How supervised stages combine their tasks' losses (a stage's balancing overrides it); null: static weights."
     distillation: DistillationConfig | None = None
     "The teachers and mixing of `objective: distillation` stages."
+    data: DataConfig = field(default_factory=DataConfig)
+    "How training data is prepared: tokenising workers."
 
 
 # ---------------------------------------------------------------------------------------------
@@ -985,6 +1013,24 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
             raise err(("tasks", name, "label_range"), f"expected [low, high] with low < high, got {low_high}")
     _check_contrastive_and_stages(recipe, err)
     _check_balancing_and_distillation(recipe, err)
+    _check_sampling_caps(recipe, err)
+
+
+def _check_sampling_caps(recipe: Recipe, err) -> None:
+    """min_share and size_cap only where they act: on the random strategies, with a floor the tasks can share."""
+    samplings = [(("sampling",), recipe.sampling, len(recipe.tasks))]
+    samplings += [(("stages", str(i), "sampling"), stage.sampling, len(stage.tasks or recipe.tasks))
+                  for i, stage in enumerate(recipe.stages) if stage.sampling is not None]
+    for path, sampling, tasks in samplings:
+        fixed = sampling.strategy in ("round_robin", "all_tasks")
+        if sampling.min_share and fixed:
+            raise err((*path, "min_share"), f"applies to the random strategies, not {sampling.strategy}")
+        if sampling.size_cap is not None and (fixed or sampling.strategy == "uniform"):
+            raise err((*path, "size_cap"), f"applies to proportional, temperature and annealed, not "
+                                           f"{sampling.strategy}")
+        if sampling.min_share * tasks > 1:
+            raise err((*path, "min_share"), f"{sampling.min_share} for each of {tasks} tasks is more than every draw; "
+                                            f"at most {1 / tasks:.4g}")
 
 
 def _check_contrastive_and_stages(recipe: Recipe, err) -> None:

@@ -104,6 +104,8 @@ class Task:
     "Set: each example is encoded as [CLS] question [SEP] context [SEP] (see data/prompts.py)."
     pooler_options: dict | None = None
     "The pooler's settings (routing's outputs, size, iterations); None: its defaults."
+    eval_examples: int | None = None
+    "Dev examples this task is evaluated on during training, at most; None: eval.max_examples."
 
     @property
     def is_pair(self) -> bool:
@@ -121,7 +123,11 @@ class Task:
 
 def resolve_tasks(recipe: Recipe) -> dict[str, Task]:
     """Merge each recipe task over its built-in and check the result; keeps the recipe's order."""
-    return {name: resolve_task(name, cfg, recipe.train.batch_size) for name, cfg in recipe.tasks.items()}
+    tasks = {name: resolve_task(name, cfg, recipe.train.batch_size) for name, cfg in recipe.tasks.items()}
+    for task in tasks.values():
+        if task.eval_examples is None:
+            task.eval_examples = recipe.eval.max_examples
+    return tasks
 
 
 def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Task:
@@ -173,7 +179,8 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         pooler=merged.pooler, pair_encoding=merged.pair_encoding, siamese_regression=merged.siamese_regression,
         head=merged.head, batch_size=merged.batch_size or default_batch_size, loss_weight=merged.loss_weight,
         max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt,
-        pooler_options=dataclasses.asdict(merged.routing) if merged.routing is not None else None)
+        pooler_options=dataclasses.asdict(merged.routing) if merged.routing is not None else None,
+        eval_examples=merged.eval_examples)
 
 
 def _prompt(name: str, cfg: TaskConfig, is_pair: bool, where: str) -> PromptTemplate | None:

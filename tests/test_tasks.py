@@ -2,7 +2,7 @@ import pytest
 
 from mtbert.config import HeadConfig, TaskConfig
 from mtbert.errors import MtbertError
-from mtbert.tasks import BUILTIN_TASKS, resolve_task
+from mtbert.tasks import BUILTIN_TASKS, resolve_task, resolve_tasks
 
 
 def test_every_builtin_resolves_with_a_main_score():
@@ -56,3 +56,12 @@ def test_bad_metric_and_label_counts():
         resolve_task("sst", TaskConfig(label_names=["a", "b"]))
     with pytest.raises(MtbertError, match="siamese needs a sentence pair"):
         resolve_task("sst", TaskConfig(pair_encoding="siamese"))
+
+
+def test_eval_examples_defaults_to_the_runs_budget():
+    from mtbert.config import parse_recipe
+
+    recipe = parse_recipe({"name": "x", "model": {"tokenizer": "tok"}, "eval": {"max_examples": 300},
+                           "tasks": {"sst": {"eval_examples": 50}, "quora": {}}})
+    tasks = resolve_tasks(recipe)
+    assert tasks["sst"].eval_examples == 50 and tasks["quora"].eval_examples == 300

@@ -145,7 +145,8 @@ def training_plan(recipe: Recipe, data, steps: int) -> Plan:
                for i, (name, task) in enumerate(data.tasks.items())}
     sampler = TaskSampler(recipe.sampling.strategy, {n: s.pass_size for n, s in streams.items()},
                           {n: s.batches_per_pass for n, s in streams.items()}, seed=recipe.seed,
-                          temperature=recipe.sampling.temperature, anneal_decay=recipe.sampling.anneal_decay)
+                          temperature=recipe.sampling.temperature, anneal_decay=recipe.sampling.anneal_decay,
+                          size_cap=recipe.sampling.size_cap, min_share=recipe.sampling.min_share)
     # Each step here is one batch draw; annealed sampling reads how far the run's optimizer steps have come.
     accum = recipe.train.grad_accum
     run_steps = total_steps(sampler.steps_per_epoch, recipe.train.epochs, accum, recipe.train.max_steps)

@@ -7,24 +7,40 @@ hashes what was read: every example and the column types (`examples_fingerprint`
 changes what is read therefore changes the key, and settings that change nothing read share an entry.
 The rest of the key is what the encoder does with the examples: the tokenizer's full definition, the
 maximum length and `encoding_spec(task)`, the only view of the task the encoder is given.
+
+An entry holds the token columns only, as Arrow files that are memory-mapped when loaded; the loaded
+dataset puts them beside the examples' own (memory-mapped) columns, so no process holds either in memory
+and no text is stored twice. The first tokenisation of a split may run in several worker processes
+(`data.workers`, datasets' `map(num_proc=...)`): the entry lists its files, so it loads the same however
+many workers wrote it.
+
+    <cache>/tokenized/<task>-<key>/    part*.arrow (one per worker), parts.json (written last)
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Callable
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import datasets
 
 from mtbert.data.prompts import PromptTemplate, render
 from mtbert.data.reading import SplitData
+from mtbert.errors import MtbertError
 from mtbert.tasks import Task
 
-CACHE_VERSION = 2  # 2: keyed on the examples read, not on the file's path, size and time
+CACHE_VERSION = 3  # 2: keyed on the examples read, not on the file's path, size and time; 3: hashed in chunks
+FINGERPRINT_CHUNK = 10_000
+"Examples hashed at a time: the fingerprint of a million examples never holds them all as Python objects."
+PARTS = "parts.json"
+TOKEN_COLUMNS = ("input_ids", "token_type_ids", "input_ids_b", "token_type_ids_b")
 
 
 def cache_dir() -> Path:
@@ -33,6 +49,17 @@ def cache_dir() -> Path:
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's definition; computed once per tokenizer object (a large vocabulary takes a
+    noticeable moment to serialise, and a run of many tasks asks for it per split)."""
+    known = getattr(tokenizer, "_mtbert_fingerprint", None)
+    if known is None:
+        known = _tokenizer_definition_hash(tokenizer)
+        with contextlib.suppress(AttributeError):
+            tokenizer._mtbert_fingerprint = known
+    return known
+
+
+def _tokenizer_definition_hash(tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         definition = json.dumps(tokenizer.get_vocab(), sort_keys=True)
@@ -70,37 +97,92 @@ def examples_fingerprint(dataset: datasets.Dataset) -> str:
     digest = hashlib.sha256(json.dumps(dataset.features.to_dict(), sort_keys=True).encode())
     table = dataset.with_format("arrow")[:]  # applies an index mapping left by select or shuffle
     for name in sorted(table.column_names):
-        digest.update(json.dumps([name, table.column(name).to_pylist()], ensure_ascii=False).encode())
+        digest.update(json.dumps(name).encode())
+        column = table.column(name)
+        for start in range(0, len(column), FINGERPRINT_CHUNK):
+            digest.update(json.dumps(column.slice(start, FINGERPRINT_CHUNK).to_pylist(), ensure_ascii=False).encode())
     return digest.hexdigest()
 
 
 def cache_key(split: SplitData, task: Task, tokenizer, max_length: int) -> str:
     """The tokenisation cache's key: what was read, and how the encoder turns it into token ids."""
-    parts = [CACHE_VERSION, examples_fingerprint(split.dataset), tokenizer_fingerprint(tokenizer), max_length,
-             encoding_spec(task)]
+    examples = split.fingerprint or examples_fingerprint(split.dataset)
+    parts = [CACHE_VERSION, examples, tokenizer_fingerprint(tokenizer), max_length, encoding_spec(task)]
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
-def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, use_cache: bool = True,
-                   progress: bool = True) -> datasets.Dataset:
-    """Add input_ids/token_type_ids (and *_b for siamese pairs) to the split's examples."""
-    key = cache_key(split, task, tokenizer, max_length) if use_cache else None
-    cache_file = None
-    if use_cache:
-        folder = cache_dir() / "tokenized"
-        folder.mkdir(parents=True, exist_ok=True)
-        cache_file = str(folder / f"{task.name}-{key}.arrow")
-    encode = _encoder(encoding_spec(task), tokenizer, max_length)
-    bars_were_on = datasets.is_progress_bar_enabled()
-    if not progress:
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """datasets' progress bars on or off for a while, as they were afterwards."""
+    were_on = datasets.is_progress_bar_enabled()
+    if not enabled:
         datasets.disable_progress_bars()
     try:
-        return split.dataset.map(encode, batched=True, batch_size=1000, cache_file_name=cache_file,
-                                 load_from_cache_file=use_cache, desc=f"tokenize {task.name}",
-                                 new_fingerprint=key)
+        yield
     finally:
-        if bars_were_on:
+        if were_on:
             datasets.enable_progress_bars()
+
+
+def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, use_cache: bool = True,
+                   progress: bool = True, workers: int = 1) -> datasets.Dataset:
+    """The split's examples with input_ids/token_type_ids (and *_b for siamese pairs) beside them; `workers`
+    processes tokenise a split that is not cached yet."""
+    encode = _encoder(encoding_spec(task), tokenizer, max_length)
+    token_columns = _token_columns(split.dataset, encode)
+    with progress_bars(progress):
+        if not use_cache:
+            return split.dataset.map(encode, batched=True, batch_size=1000, desc=f"tokenize {task.name}")
+        folder = cache_dir() / "tokenized" / f"{task.name}-{cache_key(split, task, tokenizer, max_length)}"
+        tokens = _load_tokens(folder)
+        if tokens is None:
+            _store_tokens(folder, split.dataset, encode, token_columns, workers, task.name)
+            tokens = _load_tokens(folder)
+    return datasets.concatenate_datasets([split.dataset, tokens], axis=1)
+
+
+def _token_columns(dataset: datasets.Dataset, encode: Callable) -> list[str]:
+    return list(encode(dataset[:1]))
+
+
+def _load_tokens(folder: Path) -> datasets.Dataset | None:
+    try:
+        parts = json.loads((folder / PARTS).read_text(encoding="utf-8"))["files"]
+        shards = [datasets.Dataset.from_file(str(folder / name)) for name in parts]
+    except (OSError, ValueError, KeyError):
+        return None
+    return shards[0] if len(shards) == 1 else datasets.concatenate_datasets(shards)
+
+
+def _store_tokens(folder: Path, dataset: datasets.Dataset, encode: Callable, token_columns: list[str], workers: int,
+                  name: str) -> None:
+    """Tokenise into a staged entry whose file list is written last."""
+    with staged_entry(folder, "tokenisation cache") as staging:
+        drop = [c for c in dataset.column_names if c not in token_columns]
+        procs = max(1, min(workers, len(dataset) // 1000))  # a worker per thousand examples at least
+        dataset.map(encode, batched=True, batch_size=1000, num_proc=procs if procs > 1 else None,
+                    remove_columns=drop, cache_file_name=str(staging / "part.arrow"),
+                    new_fingerprint=folder.name, desc=f"tokenize {name}")
+        files = sorted(p.name for p in staging.glob("part*.arrow"))
+        (staging / PARTS).write_text(json.dumps({"files": files}) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_entry(folder: Path, what: str) -> Iterator[Path]:
+    """A staging folder beside the cache entry `folder`, renamed into place once filled: a reader sees all of
+    an entry or nothing, and of two processes storing the same entry at once, one rename wins and the other's
+    copy goes."""
+    staging = folder.parent / f".{folder.name}.{uuid.uuid4().hex[:8]}"
+    try:
+        staging.mkdir(parents=True)
+        yield staging
+        with contextlib.suppress(OSError):  # another process stored it first: keep theirs
+            os.rename(staging, folder)
+    except OSError as error:
+        raise MtbertError(f"{folder.parent}: cannot write the {what} ({error.strerror or error}); set MTBERT_CACHE "
+                          f"to a writable folder") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _encoder(spec: dict, tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import datasets
 
 from mtbert.data.encoding import tokenize_split
+from mtbert.data.examples_cache import read_split_cached
 from mtbert.data.reading import SplitData, read_split
 from mtbert.errors import MtbertError
 from mtbert.tasks import Task
@@ -66,14 +67,19 @@ def check_tokenizer_fits(tokenizer, embedding_rows: int, source: str) -> None:
 
 
 def load_split(task: Task, split: str, data_dir: str | Path, tokenizer, max_length: int, *,
-               report: Callable[[str], None] = print, use_cache: bool = True,
-               progress: bool = True) -> tuple[SplitData, datasets.Dataset]:
-    """Read, report skipped rows, tokenise (cached)."""
-    data = read_split(task, split, data_dir)
+               report: Callable[[str], None] = print, use_cache: bool = True, progress: bool = True,
+               workers: int = 1) -> tuple[SplitData, datasets.Dataset]:
+    """Read (from the examples cache), report skipped rows, tokenise (cached; `workers` processes the first
+    time). Both results are memory-mapped from the cache when it is used."""
+    if use_cache:
+        data = read_split_cached(task, split, data_dir, progress=progress)
+    else:
+        data = read_split(task, split, data_dir)
     message = data.skip_report()
     if message:
         report(message)
-    return data, tokenize_split(data, task, tokenizer, max_length, use_cache=use_cache, progress=progress)
+    return data, tokenize_split(data, task, tokenizer, max_length, use_cache=use_cache, progress=progress,
+                                workers=workers)
 
 
 def require_labels(data: SplitData, task: Task, split: str) -> None:

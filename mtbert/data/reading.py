@@ -15,7 +15,6 @@ unquoted GLUE text) is an error too, since its columns have shifted.
 from __future__ import annotations
 
 import csv
-import io
 import itertools
 import json
 import math
@@ -26,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 
 from mtbert.errors import MtbertError
 from mtbert.tasks import Task
@@ -43,10 +43,12 @@ class SplitData:
     labelled: bool
     skipped_lines: list[int] = field(default_factory=list)
     skip_reason: str = ""
-    lines: list[int] | None = None
+    lines: np.ndarray | None = None
     "The line each example starts on, in the dataset's order; None when the split did not come from a file."
     ids_are_positions: bool = False
     "True when the source has no id column, so each example's id is its position."
+    fingerprint: str | None = None
+    "encoding.examples_fingerprint of the dataset, when already known (a cached read stores it)."
 
     def where(self, index: int) -> str:
         """The line (or, without lines, the position) of example `index`, for messages."""
@@ -124,7 +126,7 @@ def _table_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[s
     # GLUE files are TSV without quoting: a '"' is part of the text, and reading them with CSV quoting
     # silently merges rows. The cs224n files and user csv/tsv files use normal CSV quoting, read strictly.
     quoted = task.format != "glue"
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter,
+    reader = csv.reader(_lines(text), delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
     records = _records(reader, path)
     first = next(records, None)
@@ -146,6 +148,15 @@ def _table_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[s
             hint = "a tab inside unquoted text?" if not quoted else f"an unquoted {delimiter!r} inside a field?"
             raise MtbertError(f"{path}:{start}: {len(row)} fields, but the header has {len(header)} ({hint})")
         yield start, _padded(header, row)
+
+
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
+
+
+def _lines(text: str) -> Iterator[str]:
+    """The lines of `text` with their endings, split as a file opened with newline="" splits them (at \n, \r\n
+    and \r), one at a time: io.StringIO would hold the text again, at four bytes a character."""
+    return (match.group() for match in _LINE.finditer(text))
 
 
 def _records(reader, path: Path) -> Iterator[tuple[int, int, list[str]]]:
@@ -197,8 +208,13 @@ def _padded(header: list[str], row: list[str]) -> dict[str, str]:
     return dict(zip(header, row + [""] * (len(header) - len(row))))
 
 
+CHUNK = 100_000
+"Examples gathered as Python objects before they become a compact Arrow chunk: a big file's read stays small."
+
+
 def _read_file(task: Task, split: str, path: Path) -> SplitData:
-    columns: dict[str, list] = {"id": [], "text_a": [], "text_b": [], "label": []}
+    columns = _empty_columns()
+    chunks: list[datasets.Dataset] = []
     lines: list[int] = []
     skipped: list[int] = []
     reasons: set[str] = set()
@@ -215,19 +231,29 @@ def _read_file(task: Task, split: str, path: Path) -> SplitData:
             skipped.append(number)
             reasons.add("empty label" if labelled and not raw_label and all(texts) else "empty text")
             continue
-        columns["id"].append(_example_id(task, row, len(columns["id"])))
+        columns["id"].append(_example_id(task, row, len(lines)))
         columns["text_a"].append(texts[0])
         columns["text_b"].append(texts[1] if task.is_pair else "")
         if labelled:
             columns["label"].append(parse_label(task, raw_label, f"{path}:{number}"))
         lines.append(number)
-    if not columns["id"]:
+        if len(columns["id"]) == CHUNK:
+            chunks.append(_to_dataset(task, columns, labelled))
+            columns = _empty_columns()
+    if not lines:
         raise MtbertError(f"{path}: the {split} split of task {task.name} has no examples")
     if split != "test" and not labelled:
         raise MtbertError(f"{path}: no label column '{task.label_column}' (columns: {', '.join(sorted(seen_columns))})")
-    return SplitData(_to_dataset(task, columns, labelled), str(path), labelled, skipped,
-                     " and ".join(sorted(reasons)), lines,
+    if columns["id"] or not chunks:
+        chunks.append(_to_dataset(task, columns, labelled))
+    dataset = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
+    return SplitData(dataset, str(path), labelled, skipped, " and ".join(sorted(reasons)),
+                     np.array(lines, dtype=np.int64),
                      ids_are_positions=task.id_column is None or task.id_column not in seen_columns)
+
+
+def _empty_columns() -> dict[str, list]:
+    return {"id": [], "text_a": [], "text_b": [], "label": []}
 
 
 def _check_columns(task: Task, split: str, path: Path, present: set[str]) -> None:
@@ -274,13 +300,10 @@ def _to_dataset(task: Task, columns: dict[str, list], labelled: bool) -> dataset
     features = {"id": datasets.Value("string"), "text_a": datasets.Value("string")}
     if task.is_pair:
         features["text_b"] = datasets.Value("string")
-    else:
-        columns.pop("text_b")
     if labelled:
         features["label"] = datasets.Value("float32" if task.kind == "regression" else "int64")
-    else:
-        columns.pop("label")
-    return datasets.Dataset.from_dict(columns, features=datasets.Features(features))
+    return datasets.Dataset.from_dict({name: columns[name] for name in features},
+                                      features=datasets.Features(features))
 
 
 def _read_hub(task: Task, split: str) -> SplitData:

@@ -10,6 +10,11 @@ What an epoch is, per strategy (batches counted at the global batch size):
                 one draw per step, as many steps as all tasks' batches together: sum_t batches(t)
 Smaller tasks restart (reshuffled) when they run out; `max_train_examples` caps a task's pass.
 
+With many tasks of very different sizes, two settings keep the small ones alive under the random
+strategies: `size_cap` K counts a task as at most K examples when its p is computed (the examples-
+proportional mixing limit of Raffel et al., 2020, section 3.5.2), and `min_share` m mixes p with uniform
+sampling, p -> m + (1 - n m) p for n tasks, so that every task gets at least m of the draws.
+
 `annealed` anneals over the run's progress, not its epochs: at optimizer step t (0-based) of T,
 alpha = 1 - anneal_decay * t / (T - 1), so a one-epoch run or a `max_steps` run shorter than an epoch
 anneals just as fully as a long one. This is Stickland & Murray's (2019) schedule,
@@ -42,13 +47,18 @@ class TaskSampler:
     counts the batches drawn (micro-steps), progress is `run_progress` of the optimizer step they belong to."""
 
     def __init__(self, strategy: str, sizes: dict[str, int], batches: dict[str, int], *, seed: int,
-                 temperature: float = 2.0, anneal_decay: float = 0.8):
+                 temperature: float = 2.0, anneal_decay: float = 0.8, size_cap: int | None = None,
+                 min_share: float = 0.0):
         if strategy not in STRATEGIES:
             raise ValueError(f"unknown sampling strategy {strategy!r}; known: {', '.join(STRATEGIES)}")
+        if not 0 <= min_share * len(sizes) <= 1:
+            raise ValueError(f"min_share {min_share} for {len(sizes)} tasks is not a share of the draws")
         self.strategy, self.seed = strategy, seed
         self.names = list(sizes)
         self.sizes = np.array([sizes[n] for n in self.names], dtype=np.float64)
-        self.temperature, self.anneal_decay = temperature, anneal_decay
+        if size_cap is not None:
+            self.sizes = np.minimum(self.sizes, size_cap)
+        self.temperature, self.anneal_decay, self.min_share = temperature, anneal_decay, min_share
         self.batches = batches
 
     @property
@@ -73,7 +83,8 @@ class TaskSampler:
             weights = self.sizes ** anneal_alpha(progress, self.anneal_decay)
         else:
             raise ValueError(f"{self.strategy} is not a random strategy")
-        return weights / weights.sum()
+        p = weights / weights.sum()
+        return self.min_share + (1.0 - len(p) * self.min_share) * p if self.min_share else p
 
     def tasks_at(self, draw: int, progress: float) -> list[str]:
         if self.strategy == "all_tasks":

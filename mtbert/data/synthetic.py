@@ -661,15 +661,19 @@ The same seed and sizes give the same bytes. Rows per task: train {train}, dev {
 """
 
 
+GENERATORS = (GENERATOR, "mtbert.data.large_synthetic.make_large_data")
+"The make-data generators whose earlier output a new one may replace."
+
+
 def _is_previous_output(folder: Path) -> bool:
     try:
         marker = json.loads((folder / MARKER_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(marker, dict) and marker.get("generator") == GENERATOR
+    return isinstance(marker, dict) and marker.get("generator") in GENERATORS
 
 
-def _check_replaceable(out_dir: Path) -> None:
+def check_replaceable(out_dir: Path) -> None:
     """Refuse to replace anything but an empty folder or an earlier output of this generator."""
     if not out_dir.exists():
         return
@@ -682,16 +686,16 @@ def _check_replaceable(out_dir: Path) -> None:
         )
 
 
-def _sibling(path: Path, tag: str) -> Path:
+def sibling(path: Path, tag: str) -> Path:
     # Beside the target, so the final rename stays on one file system and is atomic.
     return path.parent / f".{path.name}.{tag}-{uuid.uuid4().hex[:8]}"
 
 
-def _move_into_place(built: Path, out_dir: Path) -> None:
+def move_into_place(built: Path, out_dir: Path) -> None:
     """Replace `out_dir` with `built`; readers see the old folder or the new one, never half."""
     old = None
     if out_dir.exists():
-        old = _sibling(out_dir, "old")
+        old = sibling(out_dir, "old")
         os.replace(out_dir, old)
     try:
         os.replace(built, out_dir)
@@ -728,9 +732,9 @@ def make_quickstart_data(
     out_dir = Path(out_dir)
     sizes = {"train": n_train, "dev": n_dev, "test": n_test}
     _check_sizes(sizes, vocab_size)
-    _check_replaceable(out_dir)
+    check_replaceable(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = _sibling(out_dir, "tmp")
+    build = sibling(out_dir, "tmp")
     build.mkdir()
     try:
         summary: dict = {}
@@ -752,7 +756,7 @@ def make_quickstart_data(
                   "requested_vocab_size": vocab_size, "summary": summary}
         (build / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n",
                                          encoding="utf-8", newline="\n")
-        _move_into_place(build, out_dir)
+        move_into_place(build, out_dir)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
         raise

@@ -7,6 +7,7 @@ the tests) every hook here does nothing.
     MTBERT_TEST_FAULT=sigterm_after_step:4    send it SIGTERM once step 4 is done
     MTBERT_TEST_FAULT=nan_loss_at_step:5      make step 5's loss NaN
     MTBERT_TEST_FAULT=nan_loss_at_step:5@1    ... on process 1 only (any fault takes @PROCESS)
+    MTBERT_TEST_FAULT=pause_each_step:100     sleep 100 ms after every step (time for a test to signal a run)
 
 Several faults are separated by commas. Steps count optimizer steps from 1, as the logs do.
 """
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 ENV = "MTBERT_TEST_FAULT"
-KINDS = ("kill_after_step", "kill_during_save", "sigterm_after_step", "nan_loss_at_step")
+KINDS = ("kill_after_step", "kill_during_save", "sigterm_after_step", "nan_loss_at_step", "pause_each_step")
 
 _faults: dict[str, int] = {}
 
@@ -37,6 +39,8 @@ def arm(process_index: int = 0) -> None:
 
 
 def after_step(step: int) -> None:
+    if "pause_each_step" in _faults:
+        time.sleep(_faults["pause_each_step"] / 1000)
     if _faults.get("kill_after_step") == step:
         os.kill(os.getpid(), signal.SIGKILL)
     if _faults.get("sigterm_after_step") == step:

@@ -19,6 +19,8 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import (
     DistributedType,
     InitProcessGroupKwargs,
+    broadcast_object_list,
+    gather_object,
     is_mlu_available,
     is_npu_available,
     is_xpu_available,
@@ -81,6 +83,17 @@ def configure_deepspeed(accelerator: Accelerator, recipe: Recipe) -> None:
         elif not zero[gather]:
             raise MtbertError(f"{source}: zero_optimization.{gather} must be true: the exported model "
                               f"is the whole model, gathered from every process")
+
+def from_main_process(values: list) -> list:
+    """`values` (a list of picklable objects) as the main process holds them, on every process."""
+    broadcast_object_list(values)
+    return values
+
+
+def from_every_process(items: list) -> list:
+    """Every process's `items`, concatenated in process order, on every process."""
+    return gather_object(items)
+
 
 def seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's generators (on every device) from the recipe's seed."""

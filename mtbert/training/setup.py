@@ -35,7 +35,7 @@ from mtbert.objectives.base import LossMeter, Objective, ObjectiveContext, Train
 from mtbert.objectives.registry import build_objectives
 from mtbert.pretrained import load_encoder
 from mtbert.tasks import Task, resolve_tasks
-from mtbert.training import adding, faults, launch
+from mtbert.training import adding, faults, launch, machines
 from mtbert.training.checkpoints import Processes, find_checkpoint
 from mtbert.training.guards import NonFiniteGuard, StopVote
 from mtbert.training.optim import build_optimizer
@@ -124,7 +124,7 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
     for name, task in tasks.items():
         for split, store in (("train", train), ("dev", dev)):
             data, tokenized = load_split(task, split, recipe.data_dir, tokenizer, recipe.model.max_length,
-                                         report=say, progress=progress)
+                                         report=say, progress=progress, workers=recipe.data.workers)
             require_labels(data, task, split)
             store[name] = tokenized
     return RunData(tasks, tokenizer, train, dev)
@@ -189,6 +189,7 @@ def setup(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
     """Build a run; resume: `latest`, `auto` or a checkpoint folder to continue from (its state restored)."""
     check_trackers(recipe.tracking.trackers)
     accelerator = launch.make_accelerator(recipe)
+    machines.check_machines(recipe, accelerator)
     faults.arm(accelerator.process_index)
     output = Path(recipe.output_dir)
     resume_from = _setup_output(output, accelerator, resume, overwrite)
@@ -291,10 +292,12 @@ def _setup_optimizer(recipe: Recipe, model: MultiTaskModel,
 
 
 def _setup_dev_loaders(recipe: Recipe, data: RunData, accelerator: Accelerator) -> dict:
-    """Each task's dev batches (the first eval.max_examples, if set), split across processes."""
+    """Each task's dev batches (its first eval_examples, default eval.max_examples, if set), split across
+    processes."""
     pad_id = data.tokenizer.pad_token_id or 0
-    return {name: accelerator.prepare(eval_loader(ds.select(range(min(len(ds), recipe.eval.max_examples)))
-                                                  if recipe.eval.max_examples else ds,
+    budgets = {name: data.tasks[name].eval_examples for name in data.dev}
+    return {name: accelerator.prepare(eval_loader(ds.select(range(min(len(ds), budgets[name])))
+                                                  if budgets[name] else ds,
                                                   recipe.eval.batch_size, pad_id,
                                                   max_tokens=recipe.speed.eval_max_tokens))
             for name, ds in data.dev.items()}

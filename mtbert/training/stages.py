@@ -80,7 +80,8 @@ def plan_stages(recipe: Recipe, objectives: list[Objective], accum: int) -> list
         source = objective.streams
         sampler = TaskSampler(sampling.strategy, {n: source[n].pass_size for n in tasks},
                               {n: source[n].batches_per_pass for n in tasks}, seed=recipe.seed,
-                              temperature=sampling.temperature, anneal_decay=sampling.anneal_decay)
+                              temperature=sampling.temperature, anneal_decay=sampling.anneal_decay,
+                              size_cap=sampling.size_cap, min_share=sampling.min_share)
         steps = total_steps(sampler.steps_per_epoch, epochs, accum, max_steps)
         stages.append(Stage(index=index, name=config.name or f"stage-{index + 1}", tasks=tasks, objective=objective,
                             sampling=sampling, sampler=sampler, start=start, steps=steps,

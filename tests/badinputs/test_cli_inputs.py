@@ -32,6 +32,12 @@ CASES = {
     "make_data_seed_too_large": (["make-data", "quickstart", "--out", "{out}", "--seed", str(2**32)], ["--seed"]),
     "validate_empty_data_dir": (["validate", "{recipe}", "--data-dir", ""], ["--data-dir"]),
     "train_empty_data_dir": (["train", "{recipe}", "--data-dir", " "], ["--data-dir"]),
+    # several machines, SLURM, large tasks (issue 17)
+    "slurm_nodes_zero": (["slurm", "{recipe}", "--nodes", "0", "--dry-run"], ["--nodes"]),
+    "slurm_port_privileged": (["slurm", "{recipe}", "--port", "80", "--dry-run"], ["--port"]),
+    "slurm_zero_stage_one": (["slurm", "{recipe}", "--zero", "1", "--dry-run"], ["--zero"]),
+    "make_data_large_rows_zero": (["make-data", "large", "--out", "{out}", "--rows", "0"], ["--rows"]),
+    "bench_startup_limit_zero": (["bench-startup", "{recipe}", "--limit", "0"], ["--limit"]),
 }
 
 

@@ -33,13 +33,15 @@ def test_truncation_and_cache_reuse(cs224n_dir, tokenizer_dir, tmp_path, monkeyp
     data = read_split(task, "train", cs224n_dir)
     enc = tokenize_split(data, task, tok, 4)
     assert max(len(x) for x in enc["input_ids"]) == 4
-    files = sorted((cache_dir() / "tokenized").glob("sst-*.arrow"))
-    assert len(files) == 1
+    entries = sorted((cache_dir() / "tokenized").glob("sst-*/part.arrow"))
+    assert len(entries) == 1
+    written = entries[0].stat().st_mtime_ns
     again = tokenize_split(read_split(task, "train", cs224n_dir), task, tok, 4)
     assert again["input_ids"] == enc["input_ids"]
-    assert sorted((cache_dir() / "tokenized").glob("sst-*.arrow")) == files  # reused, not rewritten
+    assert sorted((cache_dir() / "tokenized").glob("sst-*/part.arrow")) == entries  # reused, not rewritten
+    assert entries[0].stat().st_mtime_ns == written
     tokenize_split(data, task, tok, 8)  # another max_length is another cache entry
-    assert len(list((cache_dir() / "tokenized").glob("sst-*.arrow"))) == 2
+    assert len(list((cache_dir() / "tokenized").glob("sst-*/part.arrow"))) == 2
 
 
 def test_changed_file_is_tokenised_again(cs224n_dir, tokenizer_dir):
@@ -111,7 +113,7 @@ CHANGES = {
 CHECKED_ONLY = {"num_labels", "label_range"}
 # Fields used after tokenising (model, loss, sampling, scoring), or only to name the cache file.
 NOT_READ = {"name", "metrics", "main_metric", "pooler", "pooler_options", "siamese_regression", "head", "batch_size",
-            "loss_weight", "max_train_examples", "class_balanced"}
+            "loss_weight", "max_train_examples", "class_balanced", "eval_examples"}
 
 
 def test_every_task_field_is_accounted_for():
@@ -144,7 +146,7 @@ def encoded(fields, data_dir, tok, use_cache=True):
 
 
 def cache_entries():
-    return set((cache_dir() / "tokenized").glob("probe-*.arrow"))
+    return set((cache_dir() / "tokenized").glob("probe-*"))
 
 
 @pytest.mark.parametrize("name", list(CHANGES))

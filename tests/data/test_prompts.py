@@ -153,11 +153,11 @@ def test_cache_key_follows_the_template(cs224n_dir, tokenizer_dir):
     second = resolve_task("sst", TaskConfig(prompt=PromptConfig(question="is it bad?", context="{a}")))
     data = read_split(first, "dev", cs224n_dir)
     one = tokenize_split(data, first, tok, 32)
-    assert len(list((cache_dir() / "tokenized").glob("sst-*.arrow"))) == 1
+    assert len(list((cache_dir() / "tokenized").glob("sst-*"))) == 1
     assert tokenize_split(data, first, tok, 32)["input_ids"] == one["input_ids"]  # same template: reused
-    assert len(list((cache_dir() / "tokenized").glob("sst-*.arrow"))) == 1
+    assert len(list((cache_dir() / "tokenized").glob("sst-*"))) == 1
     two = tokenize_split(data, second, tok, 32)
-    assert len(list((cache_dir() / "tokenized").glob("sst-*.arrow"))) == 2
+    assert len(list((cache_dir() / "tokenized").glob("sst-*"))) == 2
     assert one["input_ids"] != two["input_ids"]
     plain = tokenize_split(data, resolve_task("sst", TaskConfig()), tok, 32)
     assert len(plain["input_ids"][0]) < len(one["input_ids"][0])

@@ -186,7 +186,7 @@ def test_a_quoted_field_may_span_lines_that_are_not_rows(tmp_path):
     write(tmp_path, "m.tsv", mood_file(OK_ROWS[0], '"a dull\nplot, really"\tneg', OK_ROWS[2]))
     data = read_split(task("mood", **MOOD), "train", tmp_path)
     assert data.dataset["text_a"] == ["the film", "a dull\nplot, really", "what a story"]
-    assert data.lines == [2, 3, 5] and data.dataset["label"] == [1, 0, 1]
+    assert data.lines.tolist() == [2, 3, 5] and data.dataset["label"] == [1, 0, 1]
 
 
 def test_a_row_with_more_fields_than_the_header(tmp_path):
@@ -256,7 +256,7 @@ def test_lines_and_ids(tmp_path):
     write(tmp_path, "cs224n/ids-sst-test-student.csv", "\tid\tsentence\n0\ta\tone\n1\t\ttwo\n2\tc\t\n3\td\tfour\n")
     data = read_split(task("sst"), "test", tmp_path)
     assert data.dataset["id"] == ["a", "", "d"]  # an empty id stays empty (a submission refuses it)
-    assert data.lines == [2, 3, 5] and data.skipped_lines == [4] and not data.ids_are_positions
+    assert data.lines.tolist() == [2, 3, 5] and data.skipped_lines == [4] and not data.ids_are_positions
     (folder / "ids-sst-test-student.csv").write_text("\tsentence\n0\tone\n1\ttwo\n")
     data = read_split(task("sst"), "test", tmp_path)
     assert data.dataset["id"] == ["0", "1"] and data.ids_are_positions

@@ -131,3 +131,31 @@ def test_total_steps():
 def test_unknown_strategy():
     with pytest.raises(ValueError, match="unknown sampling strategy"):
         sampler("roundrobin")
+
+
+def test_size_cap_counts_big_tasks_as_at_most_k():
+    capped = sampler("proportional", size_cap=2000).probabilities(0.0)
+    assert np.allclose(capped, np.array([2000, 2000, 500]) / 4500)
+    assert sampler("proportional", size_cap=2000).steps_per_epoch == 250 + 63 + 16  # an epoch is still every batch
+
+
+def test_min_share_keeps_every_task_above_the_floor_and_sums_to_one():
+    plain = sampler("proportional").probabilities(0.0)
+    floored = sampler("proportional", min_share=0.2).probabilities(0.0)
+    assert np.isclose(floored.sum(), 1.0) and floored.min() >= 0.2
+    assert np.allclose(floored, 0.2 + 0.4 * plain)
+    with pytest.raises(ValueError, match="min_share"):
+        sampler("proportional", min_share=0.5)
+
+
+@pytest.mark.parametrize("sampling,message", [
+    ({"strategy": "round_robin", "min_share": 0.1}, "random strategies"),
+    ({"strategy": "uniform", "size_cap": 10}, "proportional, temperature and annealed"),
+    ({"strategy": "temperature", "min_share": 0.6}, "at most 0.5"),
+])
+def test_recipe_refuses_caps_where_they_cannot_act(sampling, message):
+    from mtbert.errors import MtbertError
+
+    raw = {"name": "x", "model": {"tokenizer": "tok"}, "tasks": {"sst": {}, "quora": {}}, "sampling": sampling}
+    with pytest.raises(MtbertError, match=message):
+        parse_recipe(raw)
