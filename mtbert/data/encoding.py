@@ -111,11 +111,16 @@ def cache_key(split: SplitData, task: Task, tokenizer, max_length: int) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
 
+# Below this many examples a split is read and tokenised in well under a second: a bar per split and per
+# cache write would only bury the run's own summary lines (and an error after them).
+PROGRESS_MIN_EXAMPLES = 10_000
+
+
 @contextlib.contextmanager
-def progress_bars(enabled: bool) -> Iterator[None]:
-    """datasets' progress bars on or off for a while, as they were afterwards."""
+def progress_bars(enabled: bool, examples: int) -> Iterator[None]:
+    """datasets' progress bars on or off for a while (off for small splits), as they were afterwards."""
     were_on = datasets.is_progress_bar_enabled()
-    if not enabled:
+    if not enabled or examples < PROGRESS_MIN_EXAMPLES:
         datasets.disable_progress_bars()
     try:
         yield
@@ -130,7 +135,7 @@ def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, 
     processes tokenise a split that is not cached yet."""
     encode = _encoder(encoding_spec(task), tokenizer, max_length)
     token_columns = _token_columns(split.dataset, encode)
-    with progress_bars(progress):
+    with progress_bars(progress, len(split.dataset)):
         if not use_cache:
             return split.dataset.map(encode, batched=True, batch_size=1000, desc=f"tokenize {task.name}")
         folder = cache_dir() / "tokenized" / f"{task.name}-{cache_key(split, task, tokenizer, max_length)}"

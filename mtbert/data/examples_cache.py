@@ -90,7 +90,7 @@ def _load(folder: Path) -> SplitData | None:
 def _store(folder: Path, data: SplitData, progress: bool) -> None:
     """Write the entry (see encoding.staged_entry), split.json last."""
     with staged_entry(folder, "data cache") as staging:
-        with progress_bars(progress):
+        with progress_bars(progress, len(data.dataset)):
             data.dataset.save_to_disk(str(staging))
         np.save(staging / "lines.npy", np.asarray(data.lines if data.lines is not None else [], dtype=np.int64))
         np.save(staging / "skipped.npy", np.asarray(data.skipped_lines, dtype=np.int64))
