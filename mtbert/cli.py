@@ -216,7 +216,8 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
           steps: Annotated[int, typer.Option(min=1, help="Timed training steps per side.")] = 30,
           warmup: Annotated[int, typer.Option(min=0, help="Untimed training steps per side first.")] = 3,
           compare: Annotated[Optional[str], typer.Option(help="Also time the same work on this reference: "
-                                                              "transformers.")] = None,
+                                                              "transformers (on mtbert's own length-grouped "
+                                                              "batches, and as a plain loop).")] = None,
           predict_examples: Annotated[int, typer.Option(min=1, help="Dev examples per task for the prediction "
                                                              "figures.")] = 512,
           memory: Annotated[bool, typer.Option(help="Measure peak memory (a fresh process per side and "

@@ -41,16 +41,19 @@ from mtbert.training.optim import build_optimizer
 from mtbert.training.setup import build_model, load_run_data, optimizer_groups
 
 METHOD = """\
+- Two references: transformers on exactly mtbert's batches (`transformers_grouped`: length-grouped in
+  training, sorted by length in prediction; the fair one, what a user who turns on length grouping gets)
+  and transformers as a plain per-batch loop runs it (`transformers`: random-order batches, file order).
 - Training: the recipe's task sampling draws the tasks of each step, and its plain (not length-grouped)
   streams the examples of each batch, as a transformers user pads them: to the batch's longest example.
-  mtbert trains on exactly the same examples per task, regrouped by length when `speed.length_pool` is
-  on (pools capped at the batches the window holds). One optimizer step per batch, constant learning
-  rate; forward, loss, backward, gradient clipping, optimizer step and zeroing are timed; building
-  batches is not. The first `warmup` steps are run and not timed. The two sides alternate step by step,
-  in alternating order, so a slower or busier moment of the machine falls on both.
-- Prediction: the first `predict_examples` dev examples of every task. mtbert runs its own evaluation
-  path (sorted by length, token budget, order restored); the reference runs them in file order in batches
-  of eval.batch_size padded to their longest example, as a per-batch loop over a transformers model does.
+  mtbert and transformers_grouped train on exactly the same examples per task, regrouped by length when
+  `speed.length_pool` is on (pools capped at the batches the window holds). One optimizer step per batch,
+  constant learning rate; forward, loss, backward, gradient clipping, optimizer step and zeroing are timed; building
+  batches is not. The first `warmup` steps are run and not timed. The sides take turns step by step,
+  in alternating order, so a slower or busier moment of the machine falls on all.
+- Prediction: the first `predict_examples` dev examples of every task. mtbert and transformers_grouped run
+  mtbert's evaluation path (sorted by length, token budget, order restored); `transformers` runs them in
+  file order in batches of eval.batch_size padded to their longest example, as a per-batch loop does.
   The whole pass (batching included) is timed, sides alternating per task, after an untimed warm-up.
 - Model FLOP utilisation: mtbert.commands.flops (real tokens only; training = 3 forward passes) over the matmul
   peak this command measures itself before and after timing (the faster of the two).
@@ -61,6 +64,10 @@ METHOD = """\
 """
 
 COMPARISONS = ("transformers",)
+GROUPED = "transformers_grouped"
+"The fair reference: transformers on mtbert's own (length-grouped, sorted) batches."
+SAME_BATCHES = ("mtbert", GROUPED)
+"Sides that get mtbert's batches; the other reference gets random-order (training) and file-order (prediction) ones."
 MIB = 1024 * 1024
 
 # ---------------------------------------------------------------------------------------------
@@ -290,7 +297,7 @@ def predict_examples(data, tasks: dict[str, Task], limit: int) -> dict:
 
 def prediction_batches(side: str, dataset, recipe: Recipe, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """The batches a side's prediction pass forms (for counting tokens; built again, untimed)."""
-    if side == "mtbert":
+    if side in SAME_BATCHES:
         loader = eval_loader(dataset, recipe.eval.batch_size, pad_id, max_tokens=recipe.speed.eval_max_tokens)
         return [{k: v for k, v in batch.items() if k != "index"} for batch in loader]
     columns = [c for c in dataset.column_names if c.startswith(("input_ids", "token_type_ids"))]
@@ -302,9 +309,10 @@ def prediction_batches(side: str, dataset, recipe: Recipe, pad_id: int) -> list[
 @torch.no_grad()
 def predict(side: str, model, task: Task, dataset, recipe: Recipe, pad_id: int, device: torch.device,
             bf16: bool) -> TaskPredictions:
-    """One whole prediction pass. mtbert: its evaluation path (sorted by length, token budget if set, order
-    restored). transformers: per-batch inference in file order, each batch padded to its longest example."""
-    if side == "mtbert":
+    """One whole prediction pass. mtbert and transformers_grouped: mtbert's evaluation path (sorted by length,
+    token budget if set, order restored). transformers: per-batch inference in file order, each batch padded to
+    its longest example."""
+    if side in SAME_BATCHES:
         loader = eval_loader(dataset, recipe.eval.batch_size, pad_id, max_tokens=recipe.speed.eval_max_tokens)
         with _autocast(device, bf16):
             return run_inference(model, task, loader, device=device)
@@ -434,7 +442,7 @@ def _memory_child(job: dict) -> dict:
     config = MultiTaskConfig.from_dict(job["config"])
     if phase == "train":
         plan = training_plan(recipe, data, job["warmup"] + job["steps"])
-        if side == "mtbert" and recipe.speed.length_pool:
+        if side in SAME_BATCHES and recipe.speed.length_pool:
             plan = regroup(plan[: job["warmup"]], data, recipe.speed.length_pool, recipe.seed) + \
                 regroup(plan[job["warmup"]:], data, recipe.speed.length_pool, recipe.seed)
         batches = collate_plan(plan, data, pad_id)
@@ -506,7 +514,7 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     set_seed(recipe.seed)
     data = load_run_data(recipe)
     pad_id = data.tokenizer.pad_token_id or 0
-    sides = ["mtbert"] + (["transformers"] if compare else [])
+    sides = ["mtbert"] + ([GROUPED, "transformers"] if compare else [])
 
     say("measuring the matmul peak ...")
     peak_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -560,6 +568,7 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
                 result[phase][side].update(report)
     if compare:
         for phase in ("train", "predict"):
+            result[phase]["ratio_same_batches"] = ratios(result[phase]["mtbert"], result[phase][GROUPED])
             result[phase]["ratio"] = ratios(result[phase]["mtbert"], result[phase]["transformers"])
     return result
 
@@ -575,8 +584,9 @@ def _training_phase(models: dict, recipe: Recipe, data, steps: int, warmup: int,
     plan = training_plan(recipe, data, warmup + steps)
     plans = {side: plan for side in sides}
     if recipe.speed.length_pool:
-        plans["mtbert"] = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
+        grouped = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
             regroup(plan[warmup:], data, recipe.speed.length_pool, recipe.seed)
+        plans.update({side: grouped for side in sides if side in SAME_BATCHES})
     batches = {side: collate_plan(plans[side], data, pad_id) for side in sides}
     tallies = time_training(models, optimizers, batches, data.tasks, recipe, warmup, device, bf16)
     profiles = {}
@@ -621,8 +631,32 @@ ROWS = [("real tokens/s", "real_tokens_per_s", "{:,.0f}"), ("padded tokens/s", "
         ("peak GPU MiB", "peak_gpu_mib", "{:,.0f}")]
 
 
+COLUMNS = (("mtbert", "mtbert", None), (GROUPED, "transformers, same batches", "ratio_same_batches"),
+           ("transformers", "transformers, plain loop", "ratio"))
+"Report columns: side, heading, the ratio key shown after it (mtbert / that side); the fair reference first."
+
+
+def _table(figures: dict) -> list[list[str]]:
+    """One phase's rows: a label, then each side's figure and mtbert's ratio to it."""
+    columns = [column for column in COLUMNS if column[0] in figures]
+    header = [""]
+    for _, heading, ratio in columns:
+        header += [heading] + (["ratio"] if ratio in figures else [])
+    rows = [header]
+    for label, key, fmt in ROWS:
+        if not any(figures[side].get(key) is not None for side, _, _ in columns):
+            continue
+        row = [label]
+        for side, _, ratio in columns:
+            row.append(fmt.format(figures[side][key]) if figures[side].get(key) is not None else "-")
+            if ratio in figures:
+                row.append(f"{figures[ratio][key]:.2f}x" if key in figures[ratio] else "-")
+        rows.append(row)
+    return rows
+
+
 def format_report(result: dict) -> str:
-    sides = [side for side in ("mtbert", "transformers") if side in result["train"]]
+    sides = [side for side, _, _ in COLUMNS if side in result["train"]]
     peak = result["matmul_peak"]["used"]
     settings = result["settings"]
     lines = [f"{result['machine']['device']} ({result['machine'].get('gpu') or result['machine']['cpu']}, "
@@ -630,18 +664,8 @@ def format_report(result: dict) -> str:
              f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, n={peak['size']})"]
     for phase, title in (("train", f"training: {settings['steps']} steps after {settings['warmup']} warm-up"),
                          ("predict", f"prediction: up to {settings['predict_examples']} dev examples per task")):
-        figures = result[phase]
-        header = ["", *sides] + (["ratio"] if "ratio" in figures else [])
-        rows = [header]
-        for label, key, fmt in ROWS:
-            if not any(figures[side].get(key) is not None for side in sides):
-                continue
-            row = [label] + [fmt.format(figures[side][key]) if figures[side].get(key) is not None else "-"
-                             for side in sides]
-            if "ratio" in figures:
-                row.append(f"{figures['ratio'][key]:.2f}x" if key in figures["ratio"] else "-")
-            rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        rows = _table(result[phase])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["", title] + ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                                 for r in rows]
     if "agreement" in result["predict"]:

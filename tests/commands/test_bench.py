@@ -6,9 +6,11 @@ from typer.testing import CliRunner
 
 from mtbert.cli import app
 from mtbert.commands.bench import (
+    GROUPED,
     Tally,
     build_side,
     collate_plan,
+    format_report,
     padded_tokens,
     ratios,
     regroup,
@@ -109,6 +111,13 @@ def test_run_bench_reports_both_sides_ratios_and_identical_predictions(recipe):
         # The same examples on both sides: the same real tokens.
         assert ours["real_tokens"] == theirs["real_tokens"] and ours["examples"] == theirs["examples"]
         assert 0 < ours["mfu"] < 1 and ours["seconds"] > 0
+    for phase in ("train", "predict"):  # the fair reference: exactly mtbert's batches, so the same padding
+        ours, fair, ratio = (result[phase][key] for key in ("mtbert", GROUPED, "ratio_same_batches"))
+        assert (fair["real_tokens"], fair["padded_tokens"], fair["steps"]) == \
+            (ours["real_tokens"], ours["padded_tokens"], ours["steps"])
+        assert ratio["examples_per_s"] == pytest.approx(ours["examples_per_s"] / fair["examples_per_s"])
+    report = format_report(result)
+    assert report.index("transformers, same batches") < report.index("transformers, plain loop")
     assert result["train"]["mtbert"]["steps"] == 3
     assert result["predict"]["mtbert"]["examples"] == 60  # 20 per task
     assert result["parity_max_abs_diff"] < 1e-5
