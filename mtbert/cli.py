@@ -179,11 +179,17 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
                                                               "instead (e.g. test): writes id + prediction.")] = None,
             data_dir: DataDir = None,
-            batch_size: BatchSize = 128):
+            batch_size: BatchSize = 128,
+            backend: Annotated[str, typer.Option(help="torch, or onnxruntime (the task exported to ONNX on the "
+                                                      "fly, run by ONNX Runtime on the CPU).")] = "torch",
+            quantize: Annotated[Optional[str], typer.Option(help="With --backend onnxruntime: int8 (dynamic "
+                                                                 "quantisation; faster, slightly other "
+                                                                 "numbers).")] = None):
     """Predict labels (with class probabilities) or scores.
 
     Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
+    Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test --backend onnxruntime --quantize int8
 
     With --split, the file is the task's submission file: cs224n's for sst, quora and sts, the GLUE
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
@@ -191,7 +197,8 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     """
     from mtbert.commands import predict as command
 
-    command.run(ckpt, task, input, output, format, split, data_dir, batch_size, say=_say)
+    command.run(ckpt, task, input, output, format, split, data_dir, batch_size, say=_say, backend=backend,
+                quantize=quantize)
 
 
 @app.command()
@@ -265,11 +272,30 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
                                                                        "with the task's head, not the encoder "
                                                                        "alone.")] = False,
            push_to_hub: Annotated[Optional[str], typer.Option(help="Then upload the folder to this Hugging "
-                                                                   "Face hub repo.")] = None):
-    """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification).
+                                                                   "Face hub repo.")] = None,
+           format: Annotated[str, typer.Option(help="hf (Hugging Face folder) or onnx (the task's whole forward "
+                                                    "pass, pooler and head included, for ONNX Runtime).")] = "hf",
+           quantize: Annotated[Optional[str], typer.Option(help="With --format onnx: also write an int8 graph "
+                                                                "(ONNX Runtime dynamic quantisation).")] = None):
+    """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification),
+    or as ONNX.
 
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
+    Example: mtbert export ckpt/rrobin --task sst --to onnx/sst --format onnx --quantize int8
     """
+    if format == "onnx":
+        if with_head or push_to_hub:
+            raise MtbertError("--with-head and --push-to-hub are for --format hf (an ONNX export always "
+                              "includes the task's pooler and head)")
+        from mtbert.commands.onnx_export import export_onnx
+
+        folder, described = export_onnx(ckpt, task, to, quantize=quantize)
+        typer.echo(f"wrote {folder} (opset {described['opset']}, outputs within "
+                   f"{described['fp32_max_abs_difference']:.1e} of torch)")
+        return
+    if format != "hf" or quantize is not None:
+        raise MtbertError(f"--format: expected hf or onnx, got {format!r}" if format != "hf"
+                          else "--quantize is for --format onnx")
     from mtbert.commands.export import export_hf
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub)
