@@ -167,3 +167,26 @@ def test_profile_writes_tables_and_splits_the_time(recipe, tmp_path):
         assert (tmp_path / "prof" / f"{side}-train-trace.json").is_file()
         shares = result["train"][side]["profile"]["shares"]
         assert sum(shares.values()) == pytest.approx(1.0) and shares["matrix products"] > 0
+
+
+@pytest.mark.slow
+def test_onnxruntime_comparison_predicts_the_same(tmp_path, tokenizer_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir, tasks={"sst": {}}, train={"batch_size": 8}))
+    result = run_bench(recipe, steps=1, warmup=0, compare="onnxruntime", predict_limit=24, memory=False,
+                       say=lambda message: None)
+    json.dumps(result)
+    assert set(result["train"]) == {"mtbert"}  # prediction only for ONNX Runtime
+    for side in ("mtbert_onnx", "mtbert_onnx_int8", "transformers_onnx"):
+        figures = result["predict"][side]
+        assert figures["examples"] == 24 and figures["real_tokens"] == result["predict"]["mtbert"]["real_tokens"]
+        assert result["predict"][f"ratio_{side}"]["examples_per_s"] > 0
+    for side in ("mtbert_onnx", "transformers_onnx"):  # fp32: the same predictions
+        agreed = result["predict"][f"agreement_{side}"]["sst"]
+        assert agreed["labels_equal"] == 1.0 and agreed["max_abs_probability_diff"] < 1e-5
+    assert 0 <= result["predict"]["agreement_mtbert_onnx_int8"]["sst"]["labels_equal"] <= 1
+    # transformers' standard route: ONNX Runtime's optimizer fuses its attention
+    assert result["onnx"]["transformers_fused_operators"]["sst"].get("Attention", 0) > 0
+    assert set(result["predict"]["dev_scores"]["mtbert_onnx_int8"]["sst"]) >= {"main"}
+    assert "mtbert ONNX int8" in format_report(result)
