@@ -17,30 +17,18 @@ import onnx  # noqa: E402
 from mtbert import onnx_model  # noqa: E402
 from mtbert.cli import app  # noqa: E402
 from mtbert.commands.onnx_export import DESCRIPTION_FILE, INT8_FILE, MODEL_FILE, export_onnx  # noqa: E402
-from mtbert.config import dump_recipe, load_recipe  # noqa: E402
-from mtbert.data.loading import load_tokenizer  # noqa: E402
 from mtbert.errors import MtbertError  # noqa: E402
-from mtbert.exported import export_model, load_model  # noqa: E402
-from mtbert.tasks import resolve_tasks  # noqa: E402
-from mtbert.training.setup import build_model  # noqa: E402
+from mtbert.exported import load_model  # noqa: E402
 
-from helpers import write_recipe  # noqa: E402
+from helpers import random_checkpoint  # noqa: E402
 
 SENTENCES = "the film was very good\nawful plot\na dull story , not moving at all , sadly\nwhat\n"
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, tokenizer_dir):
-    tmp = tmp_path_factory.mktemp("onnx")
-    recipe = load_recipe(write_recipe(tmp, tokenizer_dir, tasks={"sst": {}, "sts": {"pair_encoding": "siamese"}}))
-    tokenizer = load_tokenizer(recipe.model.tokenizer)
-    torch.manual_seed(0)
-    model = build_model(recipe, resolve_tasks(recipe), tokenizer).eval()
-    with torch.no_grad():  # large random weights, so predictions differ between examples and classes
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.5)
-    export_model(model, tokenizer, tmp / "ckpt", recipe=dump_recipe(recipe), metrics={})
-    return tmp / "ckpt"
+    tasks = {"sst": {}, "sts": {"pair_encoding": "siamese"}}
+    return random_checkpoint(tmp_path_factory.mktemp("onnx"), tokenizer_dir, tasks)
 
 
 @pytest.fixture(scope="module")
