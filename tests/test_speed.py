@@ -48,8 +48,10 @@ def test_fused_adamw_equals_the_default_implementation():
 def test_prepare_model_sets_the_switches_and_keeps_names():
     model = tiny_model()
     names = list(model.state_dict())
-    speed.prepare_model(model, SpeedConfig(unpad=True, compile=True))
+    speed.prepare_model(model, SpeedConfig(unpad=True, compile=True, fused_qkv=True, cheap_dropout=True))
     assert model.encoder.unpad
+    assert all(m.fused_qkv for m in model.modules() if isinstance(m, BertSelfAttention))
+    assert all(m.cheap_masks for m in model.modules() if isinstance(m, BertDropout))
     assert list(model.state_dict()) == names  # compiled in place: checkpoints keep their keys
     speed.prepare_model(model, SpeedConfig(unpad=False, fused_qkv=False, cheap_dropout=False))
     assert not model.encoder.unpad

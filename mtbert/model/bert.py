@@ -146,7 +146,7 @@ class _ScaleKept(torch.autograd.Function):
         return torch.ops.aten.native_dropout_backward(grad, mask, ctx.scale), None, None
 
 
-def dropout(x: torch.Tensor, p: float, training: bool, cheap_masks: bool = True) -> torch.Tensor:
+def dropout(x: torch.Tensor, p: float, training: bool, cheap_masks: bool = False) -> torch.Tensor:
     """F.dropout(x, p, training), with masks of 16 random bits per element on the CPU when cheap_masks."""
     if not training or p == 0:
         return x
@@ -159,7 +159,7 @@ def dropout(x: torch.Tensor, p: float, training: bool, cheap_masks: bool = True)
 class BertDropout(nn.Dropout):
     """nn.Dropout through ``dropout``; no weights, so checkpoints are those of nn.Dropout."""
 
-    cheap_masks: bool = True
+    cheap_masks: bool = False
     """CPU masks from 16 random bits per element (see "Dropout" above); a plain switch (speed.cheap_dropout)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -290,7 +290,7 @@ class BertSelfAttention(nn.Module):
     them and adapters (LoRA) wrap them; computing them is one matrix product with the three weights stacked
     when ``fused_qkv`` allows."""
 
-    fused_qkv: bool = True
+    fused_qkv: bool = False
     """One (H -> 3H) product with the stacked weights instead of three (H -> H) ones, and on packed tokens one
     scatter back instead of three; the same numbers. Only while all three are plain nn.Linear (an adapter's
     wrapper runs its own forward). A plain switch (speed.fused_qkv)."""

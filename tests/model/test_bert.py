@@ -402,7 +402,7 @@ def test_keep_mask_drops_at_the_rate_asked():
 def test_cheap_dropout_scales_the_kept_and_passes_gradients_through_the_mask():
     x = torch.randn(64, 32, requires_grad=True)
     torch.manual_seed(1)
-    y = dropout(x, 0.25, training=True)
+    y = dropout(x, 0.25, training=True, cheap_masks=True)
     kept = y != 0
     assert 0.6 < kept.float().mean() < 0.9
     torch.testing.assert_close(y[kept], x[kept] / 0.75)
@@ -459,6 +459,7 @@ def test_attention_with_cheap_masks_is_masked_softmax_attention():
     attention math equals eval mode's fused attention."""
     hf_model = randomized_hf_model(tiny_hf_config(attention_probs_dropout_prob=1e-9, hidden_dropout_prob=0.0))
     model = our_copy_of(hf_model)
+    set_switches(model, fused_qkv=True, cheap_masks=True)
     batch = padded_batch()
     real = batch["attention_mask"].bool()
     with torch.no_grad():
