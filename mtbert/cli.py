@@ -179,11 +179,17 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             split: Annotated[Optional[str], typer.Option(help="Predict a whole split of the task's data "
                                                               "instead (e.g. test): writes id + prediction.")] = None,
             data_dir: DataDir = None,
-            batch_size: BatchSize = 128):
+            batch_size: BatchSize = 128,
+            backend: Annotated[str, typer.Option(help="torch, or onnxruntime (the task exported to ONNX on the "
+                                                      "fly, run by ONNX Runtime on the CPU).")] = "torch",
+            quantize: Annotated[Optional[str], typer.Option(help="With --backend onnxruntime: int8 (dynamic "
+                                                                 "quantisation; faster, slightly other "
+                                                                 "numbers).")] = None):
     """Predict labels (with class probabilities) or scores.
 
     Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
+    Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test --backend onnxruntime --quantize int8
 
     With --split, the file is the task's submission file: cs224n's for sst, quora and sts, the GLUE
     server's (SST-2.tsv, RTE.tsv, ...: index<TAB>prediction) for GLUE tasks. mtbert submit writes
@@ -191,7 +197,8 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
     """
     from mtbert.commands import predict as command
 
-    command.run(ckpt, task, input, output, format, split, data_dir, batch_size, say=_say)
+    command.run(ckpt, task, input, output, format, split, data_dir, batch_size, say=_say, backend=backend,
+                quantize=quantize)
 
 
 @app.command()
@@ -216,7 +223,8 @@ def bench(recipe: Annotated[Path, typer.Argument(help="Recipe YAML whose model, 
           steps: Annotated[int, typer.Option(min=1, help="Timed training steps per side.")] = 30,
           warmup: Annotated[int, typer.Option(min=0, help="Untimed training steps per side first.")] = 3,
           compare: Annotated[Optional[str], typer.Option(help="Also time the same work on this reference: "
-                                                              "transformers.")] = None,
+                                                              "transformers (on mtbert's own length-grouped "
+                                                              "batches, and as a plain loop).")] = None,
           predict_examples: Annotated[int, typer.Option(min=1, help="Dev examples per task for the prediction "
                                                              "figures.")] = 512,
           memory: Annotated[bool, typer.Option(help="Measure peak memory (a fresh process per side and "
@@ -285,8 +293,13 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
                                                                    "Face hub repo.")] = None,
            merge: Annotated[bool, typer.Option("--merge", help="A task with a LoRA adapter: fold the adapter into "
                                                                "the weights and write a plain model, not a peft "
-                                                               "adapter folder with its base in base/.")] = False):
-    """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification).
+                                                               "adapter folder with its base in base/.")] = False,
+           format: Annotated[str, typer.Option(help="hf (Hugging Face folder) or onnx (the task's whole forward "
+                                                    "pass, pooler and head included, for ONNX Runtime).")] = "hf",
+           quantize: Annotated[Optional[str], typer.Option(help="With --format onnx: also write an int8 graph "
+                                                                "(ONNX Runtime dynamic quantisation).")] = None):
+    """Export a task's model in Hugging Face format (transformers AutoModel / AutoModelForSequenceClassification),
+    or as ONNX.
 
     A task with a LoRA adapter is written as a peft adapter folder, its base in TO/base:
     peft.PeftModel.from_pretrained(AutoModel.from_pretrained("TO/base"), "TO").
@@ -294,7 +307,22 @@ def export(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert t
     Example: mtbert export ckpt/rrobin --task sst --to hf/sst --with-head
 
     Example: mtbert export ckpt/lora --task sts --to hf/sts-lora   (--merge: one plain model)
+
+    Example: mtbert export ckpt/rrobin --task sst --to onnx/sst --format onnx --quantize int8
     """
+    if format == "onnx":
+        if with_head or push_to_hub or merge:
+            raise MtbertError("--with-head, --push-to-hub and --merge are for --format hf (an ONNX export always "
+                              "includes the task's pooler and head)")
+        from mtbert.commands.onnx_export import export_onnx
+
+        folder, described = export_onnx(ckpt, task, to, quantize=quantize)
+        typer.echo(f"wrote {folder} (opset {described['opset']}, outputs within "
+                   f"{described['fp32_max_abs_difference']:.1e} of torch)")
+        return
+    if format != "hf" or quantize is not None:
+        raise MtbertError(f"--format: expected hf or onnx, got {format!r}" if format != "hf"
+                          else "--quantize is for --format onnx")
     from mtbert.commands.export import export_hf
 
     folder = export_hf(ckpt, task, to, with_head=with_head, push_to_hub=push_to_hub, merge=merge)

@@ -467,6 +467,10 @@ class SpeedConfig:
     "Training batches of similar length: sort within random pools of this many batches, shuffle batches; 0: off."
     fused_optimizer: bool = True
     "torch AdamW's fused kernel: one pass per parameter, equal results to float rounding (not for mtbert_adamw)."
+    fused_qkv: bool = False
+    "Query, key and value in one matrix product of the stacked weights (plain Linear layers only); the same numbers."
+    cheap_dropout: bool = False
+    "CPU dropout masks from 16 random bits per element, 2 per draw: same rate to 1/65536, other random masks."
     bf16: bool = False
     "bf16 autocast where the hardware has it (CPU with AVX512-BF16 or AMX, CUDA); faster, changes numbers slightly."
     compile: bool = False

@@ -11,6 +11,7 @@ import warnings
 import torch
 
 from mtbert.config import SpeedConfig
+from mtbert.model.bert import BertDropout, BertSelfAttention
 
 
 def bf16_supported(device: torch.device | str) -> bool:
@@ -42,6 +43,11 @@ def set_switches(model: torch.nn.Module, speed: SpeedConfig) -> torch.nn.Module:
     """Set a MultiTaskModel's computation switches (what evaluate and predict use; no compilation)."""
     model.encoder.unpad = speed.unpad
     model.last_layer_cls_only = speed.last_layer_cls_only
+    for module in model.modules():
+        if isinstance(module, BertSelfAttention):
+            module.fused_qkv = speed.fused_qkv
+        elif isinstance(module, BertDropout):
+            module.cheap_masks = speed.cheap_dropout
     return model
 
 

@@ -71,3 +71,25 @@ def objective_context(tmp_path: Path, tokenizer_dir: Path, overrides=(), **top):
     return ObjectiveContext(recipe=recipe, tasks=data.tasks, streams=streams, train=data.train,
                             tokenizer=data.tokenizer, model=build_model(recipe, data.tasks, data.tokenizer),
                             device=torch.device("cpu"), say=lambda line: None)
+
+
+def random_checkpoint(tmp_path: Path, tokenizer_dir: Path, tasks: dict) -> Path:
+    """A model folder as mtbert train exports it, for a recipe over `tasks`, with large random weights (so
+    predictions differ between examples and classes); returns the folder, tmp_path / "ckpt"."""
+    import torch
+
+    from mtbert.config import dump_recipe, load_recipe
+    from mtbert.data.loading import load_tokenizer
+    from mtbert.exported import export_model
+    from mtbert.tasks import resolve_tasks
+    from mtbert.training.setup import build_model
+
+    recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir, tasks=tasks))
+    tokenizer = load_tokenizer(recipe.model.tokenizer)
+    torch.manual_seed(0)
+    model = build_model(recipe, resolve_tasks(recipe), tokenizer).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    export_model(model, tokenizer, tmp_path / "ckpt", recipe=dump_recipe(recipe), metrics={})
+    return tmp_path / "ckpt"

@@ -5,7 +5,7 @@ import torch
 
 from mtbert import speed
 from mtbert.config import SpeedConfig, load_recipe
-from mtbert.model.bert import BertConfig
+from mtbert.model.bert import BertConfig, BertDropout, BertSelfAttention
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel, TaskHeadSpec
 from mtbert.training.loop import train
 from mtbert.training.setup import optimizer_groups
@@ -48,11 +48,17 @@ def test_fused_adamw_equals_the_default_implementation():
 def test_prepare_model_sets_the_switches_and_keeps_names():
     model = tiny_model()
     names = list(model.state_dict())
-    speed.prepare_model(model, SpeedConfig(unpad=True, compile=True))
+    speed.prepare_model(model, SpeedConfig(unpad=True, compile=True, fused_qkv=True, cheap_dropout=True))
     assert model.encoder.unpad
+    assert all(m.fused_qkv for m in model.modules() if isinstance(m, BertSelfAttention))
+    assert all(m.cheap_masks for m in model.modules() if isinstance(m, BertDropout))
     assert list(model.state_dict()) == names  # compiled in place: checkpoints keep their keys
-    speed.prepare_model(model, SpeedConfig(unpad=False))
+    speed.prepare_model(model, SpeedConfig(unpad=False, fused_qkv=False, cheap_dropout=False))
     assert not model.encoder.unpad
+    attention = [m for m in model.modules() if isinstance(m, BertSelfAttention)]
+    dropouts = [m for m in model.modules() if isinstance(m, BertDropout)]
+    assert attention and dropouts
+    assert not any(m.fused_qkv for m in attention) and not any(m.cheap_masks for m in dropouts)
 
 
 def test_bf16_falls_back_to_fp32_with_a_warning_where_unsupported(monkeypatch):

@@ -32,7 +32,7 @@ from mtbert.data.sampling import TaskSampler, run_progress, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.files import json_text, write_text_atomically
-from mtbert.inference import TaskPredictions, eval_loader, run_inference
+from mtbert.inference import TaskPredictions, eval_loader, run_inference, score
 from mtbert.model.bert import BertModelOutput
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
 from mtbert.objectives.supervised import LOSSES, predictions
@@ -41,16 +41,19 @@ from mtbert.training.optim import build_optimizer
 from mtbert.training.setup import build_model, load_run_data, optimizer_groups
 
 METHOD = """\
+- Two references: transformers on exactly mtbert's batches (`transformers_grouped`: length-grouped in
+  training, sorted by length in prediction; the fair one, what a user who turns on length grouping gets)
+  and transformers as a plain per-batch loop runs it (`transformers`: random-order batches, file order).
 - Training: the recipe's task sampling draws the tasks of each step, and its plain (not length-grouped)
   streams the examples of each batch, as a transformers user pads them: to the batch's longest example.
-  mtbert trains on exactly the same examples per task, regrouped by length when `speed.length_pool` is
-  on (pools capped at the batches the window holds). One optimizer step per batch, constant learning
-  rate; forward, loss, backward, gradient clipping, optimizer step and zeroing are timed; building
-  batches is not. The first `warmup` steps are run and not timed. The two sides alternate step by step,
-  in alternating order, so a slower or busier moment of the machine falls on both.
-- Prediction: the first `predict_examples` dev examples of every task. mtbert runs its own evaluation
-  path (sorted by length, token budget, order restored); the reference runs them in file order in batches
-  of eval.batch_size padded to their longest example, as a per-batch loop over a transformers model does.
+  mtbert and transformers_grouped train on exactly the same examples per task, regrouped by length when
+  `speed.length_pool` is on (pools capped at the batches the window holds). One optimizer step per batch,
+  constant learning rate; forward, loss, backward, gradient clipping, optimizer step and zeroing are timed; building
+  batches is not. The first `warmup` steps are run and not timed. The sides take turns step by step,
+  in alternating order, so a slower or busier moment of the machine falls on all.
+- Prediction: the first `predict_examples` dev examples of every task. mtbert and transformers_grouped run
+  mtbert's evaluation path (sorted by length, token budget, order restored); `transformers` runs them in
+  file order in batches of eval.batch_size padded to their longest example, as a per-batch loop does.
   The whole pass (batching included) is timed, sides alternating per task, after an untimed warm-up.
 - Model FLOP utilisation: mtbert.commands.flops (real tokens only; training = 3 forward passes) over the matmul
   peak this command measures itself before and after timing (the faster of the two).
@@ -60,7 +63,13 @@ METHOD = """\
   before the model was built. On a GPU, torch.cuda.max_memory_allocated of that process as well.
 """
 
-COMPARISONS = ("transformers",)
+COMPARISONS = ("transformers", "onnxruntime")
+GROUPED = "transformers_grouped"
+"The fair reference: transformers on mtbert's own (length-grouped, sorted) batches."
+ONNX_SIDES = ("mtbert_onnx", "mtbert_onnx_int8", "transformers_onnx")
+"Prediction only, through ONNX Runtime (CPU): mtbert's export fp32 and int8, transformers' standard export."
+SAME_BATCHES = ("mtbert", GROUPED, *ONNX_SIDES)
+"Sides that get mtbert's batches; the other reference gets random-order (training) and file-order (prediction) ones."
 MIB = 1024 * 1024
 
 # ---------------------------------------------------------------------------------------------
@@ -70,11 +79,12 @@ MIB = 1024 * 1024
 class TransformersEncoder(nn.Module):
     """transformers.BertModel (its default attention, sdpa) behind the interface MultiTaskModel calls."""
 
-    def __init__(self, config: MultiTaskConfig):
+    def __init__(self, config: MultiTaskConfig, attention: str | None = None):
         super().__init__()
         import transformers
 
-        self.bert = transformers.BertModel(transformers.BertConfig(**config.encoder.to_dict()))
+        extra = {"attn_implementation": attention} if attention else {}
+        self.bert = transformers.BertModel(transformers.BertConfig(**config.encoder.to_dict(), **extra))
 
     def forward(self, task: str, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, first_token_only: bool = False) -> BertModelOutput:
@@ -85,9 +95,10 @@ class TransformersEncoder(nn.Module):
         return BertModelOutput(hidden[:, :1] if first_token_only else hidden, out.pooler_output)
 
 
-def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor], recipe: Recipe) -> MultiTaskModel:
+def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor], recipe: Recipe,
+               attention: str | None = None) -> MultiTaskModel:
     """One side's model from the shared configuration and weights: mtbert with the recipe's speed switches,
-    or the same tasks, poolers and heads on transformers.BertModel."""
+    or the same tasks, poolers and heads on transformers.BertModel (`attention`: its attn_implementation)."""
     if side == "mtbert":
         model = MultiTaskModel(config)
         model.load_state_dict(state)
@@ -101,12 +112,43 @@ def build_side(side: str, config: MultiTaskConfig, state: dict[str, torch.Tensor
                           f"use shared or frozen")
     (owner,) = owners
     prefix = f"encoder.copies.{owner}."
-    reference = TransformersEncoder(config)
+    reference = TransformersEncoder(config, attention)
     reference.bert.load_state_dict({key.removeprefix(prefix): value for key, value in state.items()
                                     if key.startswith(prefix)})
     reference.requires_grad_(owner != "frozen")
     model.encoder = reference
     return model
+
+
+def build_onnx_sides(config: MultiTaskConfig, state: dict[str, torch.Tensor], recipe: Recipe, tasks,
+                     say=print) -> dict:
+    """ONNX Runtime models of every task for ONNX_SIDES, from the same weights: mtbert's own export (fp32, and
+    int8 by dynamic quantisation) and transformers' standard one (torch.onnx's TorchScript exporter on the same
+    tasks over transformers.BertModel with eager attention, then ONNX Runtime's BERT optimizer, which fuses
+    its Attention operator on that graph). Each model carries `config` for counting FLOPs."""
+    from mtbert import onnx_model
+
+    onnx_model.require_onnx()
+    mtbert_model = build_side("mtbert", config, state, recipe).eval()
+    reference = build_side("transformers", config, state, recipe, attention="eager").eval()
+    files: dict[str, dict[str, Path]] = {side: {} for side in ONNX_SIDES}
+    fused: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="mtbert-bench-onnx-") as folder:
+        for name in tasks:
+            say(f"exporting {name} to ONNX (mtbert, int8, transformers) ...")
+            base = Path(folder) / name
+            onnx_model.export_task(mtbert_model, name, f"{base}-mtbert.onnx")
+            onnx_model.quantize_int8(f"{base}-mtbert.onnx", f"{base}-int8.onnx")
+            onnx_model.export_task(reference, name, f"{base}-hf.onnx", legacy=True)
+            fused[name] = onnx_model.fuse_attention(f"{base}-hf.onnx", f"{base}-hf-fused.onnx",
+                                                    config.encoder.num_attention_heads, config.encoder.hidden_size)
+            for side, suffix in zip(ONNX_SIDES, ("mtbert", "int8", "hf-fused")):
+                files[side][name] = Path(f"{base}-{suffix}.onnx")
+        models = {side: onnx_model.OnnxTaskModel.from_files(paths) for side, paths in files.items()}
+    for model in models.values():
+        model.config = config
+    models["transformers_onnx"].fused_operators = fused
+    return models
 
 
 def build_optimizer_for(side: str, model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
@@ -291,7 +333,7 @@ def predict_examples(data, tasks: dict[str, Task], limit: int) -> dict:
 
 def prediction_batches(side: str, dataset, recipe: Recipe, pad_id: int) -> list[dict[str, torch.Tensor]]:
     """The batches a side's prediction pass forms (for counting tokens; built again, untimed)."""
-    if side == "mtbert":
+    if side in SAME_BATCHES:
         loader = eval_loader(dataset, recipe.eval.batch_size, pad_id, max_tokens=recipe.speed.eval_max_tokens)
         return [{k: v for k, v in batch.items() if k != "index"} for batch in loader]
     columns = [c for c in dataset.column_names if c.startswith(("input_ids", "token_type_ids"))]
@@ -303,9 +345,10 @@ def prediction_batches(side: str, dataset, recipe: Recipe, pad_id: int) -> list[
 @torch.no_grad()
 def predict(side: str, model, task: Task, dataset, recipe: Recipe, pad_id: int, device: torch.device,
             bf16: bool) -> TaskPredictions:
-    """One whole prediction pass. mtbert: its evaluation path (sorted by length, token budget if set, order
-    restored). transformers: per-batch inference in file order, each batch padded to its longest example."""
-    if side == "mtbert":
+    """One whole prediction pass. mtbert and transformers_grouped: mtbert's evaluation path (sorted by length,
+    token budget if set, order restored). transformers: per-batch inference in file order, each batch padded to
+    its longest example."""
+    if side in SAME_BATCHES:
         loader = eval_loader(dataset, recipe.eval.batch_size, pad_id, max_tokens=recipe.speed.eval_max_tokens)
         with _autocast(device, bf16):
             return run_inference(model, task, loader, device=device)
@@ -435,7 +478,7 @@ def _memory_child(job: dict) -> dict:
     config = MultiTaskConfig.from_dict(job["config"])
     if phase == "train":
         plan = training_plan(recipe, data, job["warmup"] + job["steps"])
-        if side == "mtbert" and recipe.speed.length_pool:
+        if side in SAME_BATCHES and recipe.speed.length_pool:
             plan = regroup(plan[: job["warmup"]], data, recipe.speed.length_pool, recipe.seed) + \
                 regroup(plan[job["warmup"]:], data, recipe.speed.length_pool, recipe.seed)
         batches = collate_plan(plan, data, pad_id)
@@ -500,14 +543,16 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
 
     if steps < 1 or warmup < 0 or predict_limit < 1:
         raise MtbertError("--steps and --predict-examples must be at least 1, --warmup at least 0")
-    if compare is not None and compare not in COMPARISONS:
-        raise MtbertError(f"--compare: expected one of {', '.join(COMPARISONS)}, got {compare!r}")
+    compares = set(compare.split(",")) if compare else set()
+    if compares - set(COMPARISONS):
+        raise MtbertError(f"--compare: expected one of {', '.join(COMPARISONS)} (or both, comma-separated), "
+                          f"got {compare!r}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = speed.use_bf16(recipe.speed, device)
     set_seed(recipe.seed)
     data = load_run_data(recipe)
     pad_id = data.tokenizer.pad_token_id or 0
-    sides = ["mtbert"] + (["transformers"] if compare else [])
+    sides = ["mtbert"] + ([GROUPED, "transformers"] if "transformers" in compares else [])
 
     say("measuring the matmul peak ...")
     peak_dtype = torch.bfloat16 if bf16 else torch.float32
@@ -518,13 +563,15 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     config, state = built.config, {k: v.detach().clone().contiguous() for k, v in built.state_dict().items()}
     del built
     models = {side: build_side(side, config, state, recipe).to(device) for side in sides}
-    parity = _parity(models, data, pad_id, device) if compare else None
+    parity = _parity(models, data, pad_id, device) if "transformers" in compares else None
     train_tallies, profiles = _training_phase(models, recipe, data, steps, warmup, device, bf16, profile,
                                               profile_steps, say)
 
     say(f"prediction: up to {predict_limit} dev examples per task per side ...")
     # Training moved the two sides apart (different batch orders): predict from the starting weights again.
     models = {side: build_side(side, config, state, recipe).to(device) for side in sides}
+    if "onnxruntime" in compares:
+        models.update(build_onnx_sides(config, state, recipe, data.tasks, say))
     examples = predict_examples(data, data.tasks, predict_limit)
     predict_tallies, outputs = time_prediction(models, data.tasks, examples, recipe, pad_id, device, bf16)
     peaks.append(measure_matmul_peak(peak_dtype, device))
@@ -543,14 +590,20 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
         "matmul_peak": {"used": peak, "measured": peaks},
         "method": METHOD,
         "train": {side: train_tallies[side].figures(peak["flops_per_s"]) for side in sides},
-        "predict": {side: predict_tallies[side].figures(peak["flops_per_s"]) for side in sides},
+        "predict": {side: predict_tallies[side].figures(peak["flops_per_s"]) for side in models},
     }
     for side, profiled in profiles.items():
         result["train"][side]["profile"] = profiled
-    if compare:
-        result["parity_max_abs_diff"] = parity
-        result["predict"]["agreement"] = {name: agreement(data.tasks[name], outputs["mtbert"][name],
-                                                          outputs["transformers"][name]) for name in examples}
+    _agreements(result, data.tasks, outputs, compares, parity)
+    if "onnxruntime" in compares:
+        import onnxruntime
+
+        from mtbert import onnx_model
+
+        result["versions"]["onnxruntime"] = onnxruntime.__version__
+        result["onnx"] = {"opset": onnx_model.OPSET, "int8": onnx_model.QUANTIZATION,
+                          "threads": torch.get_num_threads(),
+                          "transformers_fused_operators": models["transformers_onnx"].fused_operators}
     if memory:
         say("peak memory: one fresh process per side and phase ...")
         job = {"recipe": recipe, "config": config.to_dict(), "steps": steps, "warmup": warmup,
@@ -559,10 +612,26 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
         for phase, by_side in memory_results.items():
             for side, report in by_side.items():
                 result[phase][side].update(report)
-    if compare:
-        for phase in ("train", "predict"):
-            result[phase]["ratio"] = ratios(result[phase]["mtbert"], result[phase]["transformers"])
+    for phase in ("train", "predict"):
+        for side, _, ratio in COLUMNS[1:]:
+            if side in result[phase]:
+                result[phase][ratio] = ratios(result[phase]["mtbert"], result[phase][side])
     return result
+
+
+def _agreements(result: dict, tasks: dict[str, Task], outputs: dict, compares: set[str], parity: float | None) -> None:
+    """Predictions of every other side against mtbert's (torch), example by example; dev scores where labelled."""
+    if "transformers" in compares:
+        result["parity_max_abs_diff"] = parity
+        result["predict"]["agreement"] = {name: agreement(tasks[name], ours, outputs["transformers"][name])
+                                          for name, ours in outputs["mtbert"].items()}
+    if "onnxruntime" in compares:
+        for side in ONNX_SIDES:
+            result["predict"][f"agreement_{side}"] = {name: agreement(tasks[name], ours, outputs[side][name])
+                                                      for name, ours in outputs["mtbert"].items()}
+    result["predict"]["dev_scores"] = {side: {name: score(tasks[name], predicted)
+                                              for name, predicted in by_task.items() if predicted.labels is not None}
+                                       for side, by_task in outputs.items()}
 
 
 def _training_phase(models: dict, recipe: Recipe, data, steps: int, warmup: int, device: torch.device, bf16: bool,
@@ -576,8 +645,9 @@ def _training_phase(models: dict, recipe: Recipe, data, steps: int, warmup: int,
     plan = training_plan(recipe, data, warmup + steps)
     plans = {side: plan for side in sides}
     if recipe.speed.length_pool:
-        plans["mtbert"] = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
+        grouped = regroup(plan[:warmup], data, recipe.speed.length_pool, recipe.seed) + \
             regroup(plan[warmup:], data, recipe.speed.length_pool, recipe.seed)
+        plans.update({side: grouped for side in sides if side in SAME_BATCHES})
     batches = {side: collate_plan(plans[side], data, pad_id) for side in sides}
     tallies = time_training(models, optimizers, batches, data.tasks, recipe, warmup, device, bf16)
     profiles = {}
@@ -622,8 +692,35 @@ ROWS = [("real tokens/s", "real_tokens_per_s", "{:,.0f}"), ("padded tokens/s", "
         ("peak GPU MiB", "peak_gpu_mib", "{:,.0f}")]
 
 
+COLUMNS = (("mtbert", "mtbert", None), (GROUPED, "transformers, same batches", "ratio_same_batches"),
+           ("transformers", "transformers, plain loop", "ratio"),
+           ("mtbert_onnx", "mtbert ONNX", "ratio_mtbert_onnx"),
+           ("mtbert_onnx_int8", "mtbert ONNX int8", "ratio_mtbert_onnx_int8"),
+           ("transformers_onnx", "transformers ONNX", "ratio_transformers_onnx"))
+"Report columns: side, heading, the ratio key shown after it (mtbert / that side); the fair reference first."
+
+
+def _table(figures: dict) -> list[list[str]]:
+    """One phase's rows: a label, then each side's figure and mtbert's ratio to it."""
+    columns = [column for column in COLUMNS if column[0] in figures]
+    header = [""]
+    for _, heading, ratio in columns:
+        header += [heading] + (["ratio"] if ratio in figures else [])
+    rows = [header]
+    for label, key, fmt in ROWS:
+        if not any(figures[side].get(key) is not None for side, _, _ in columns):
+            continue
+        row = [label]
+        for side, _, ratio in columns:
+            row.append(fmt.format(figures[side][key]) if figures[side].get(key) is not None else "-")
+            if ratio in figures:
+                row.append(f"{figures[ratio][key]:.2f}x" if key in figures[ratio] else "-")
+        rows.append(row)
+    return rows
+
+
 def format_report(result: dict) -> str:
-    sides = [side for side in ("mtbert", "transformers") if side in result["train"]]
+    sides = [side for side, _, _ in COLUMNS if side in result["train"]]
     peak = result["matmul_peak"]["used"]
     settings = result["settings"]
     lines = [f"{result['machine']['device']} ({result['machine'].get('gpu') or result['machine']['cpu']}, "
@@ -631,18 +728,8 @@ def format_report(result: dict) -> str:
              f"{peak['flops_per_s'] / 1e9:,.1f} GFLOP/s ({peak['dtype']}, n={peak['size']})"]
     for phase, title in (("train", f"training: {settings['steps']} steps after {settings['warmup']} warm-up"),
                          ("predict", f"prediction: up to {settings['predict_examples']} dev examples per task")):
-        figures = result[phase]
-        header = ["", *sides] + (["ratio"] if "ratio" in figures else [])
-        rows = [header]
-        for label, key, fmt in ROWS:
-            if not any(figures[side].get(key) is not None for side in sides):
-                continue
-            row = [label] + [fmt.format(figures[side][key]) if figures[side].get(key) is not None else "-"
-                             for side in sides]
-            if "ratio" in figures:
-                row.append(f"{figures['ratio'][key]:.2f}x" if key in figures["ratio"] else "-")
-            rows.append(row)
-        widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+        rows = _table(result[phase])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines += ["", title] + ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                                 for r in rows]
     if "agreement" in result["predict"]:
@@ -652,6 +739,7 @@ def format_report(result: dict) -> str:
             lines.append(f"predictions {name}: {detail}")
         lines.append("same weights, one dev batch per task: max |output difference| "
                      f"{result['parity_max_abs_diff']:.2e}")
+    lines += _onnx_lines(result["predict"])
     for side in sides:
         profiled = result["train"][side].get("profile")
         if profiled:
@@ -659,6 +747,21 @@ def format_report(result: dict) -> str:
             lines += ["", f"where {owner} training time goes ({profiled['steps']} steps, share of self time):"]
             lines += [f"  {share:6.1%}  {category}" for category, share in profiled["shares"].items()]
     return "\n".join(lines)
+
+
+def _onnx_lines(figures: dict) -> list[str]:
+    """ONNX Runtime's predictions against mtbert's torch ones, and every side's dev scores (main metric)."""
+    lines = []
+    for side in ONNX_SIDES:
+        for name, agreed in figures.get(f"agreement_{side}", {}).items():
+            detail = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in agreed.items())
+            lines.append(f"{side} against mtbert (torch), {name}: {detail}")
+    scored = {side: by_task for side, by_task in figures.get("dev_scores", {}).items() if by_task}
+    if scored and len(scored) > 1:
+        lines.append("dev score (main metric) on the same examples: " + "; ".join(
+            f"{side} " + ", ".join(f"{name} {values['main']:.4f}" for name, values in by_task.items())
+            for side, by_task in scored.items()))
+    return [""] + lines if lines else []
 
 
 def run(recipe_path: Path, overrides: list[str], *, steps: int, warmup: int, compare: str | None, predict_examples: int,

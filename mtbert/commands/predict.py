@@ -80,19 +80,36 @@ def write_records(rows: list[dict], task: Task, out: TextIO, fmt: str) -> None:
         out.write(row["label"] + "\t" + "\t".join(f"{row['probabilities'][n]:.6f}" for n in names) + "\n")
 
 
+BACKENDS = ("torch", "onnxruntime")
+
+
+def backend_model(loaded: exported.LoadedModel, task: Task, backend: str = "torch", quantize: str | None = None):
+    """What runs the predictions: the torch model with the recipe's speed switches, or the task exported to
+    ONNX and run by ONNX Runtime (mtbert/commands/onnx_export.py)."""
+    if backend not in BACKENDS:
+        raise MtbertError(f"--backend: expected {' or '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        if quantize is not None:
+            raise MtbertError("--quantize is for --backend onnxruntime")
+        return speed.set_switches(loaded.model, loaded.recipe.speed)
+    from mtbert.commands.onnx_export import onnxruntime_model
+
+    return onnxruntime_model(loaded, task.name, quantize)
+
+
 def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source: str, out: TextIO,
-                  fmt: str = "tsv", batch_size: int = 128) -> int:
+                  fmt: str = "tsv", batch_size: int = 128, backend: str = "torch", quantize: str | None = None) -> int:
     loaded = exported.load_model(ckpt)
     task = task_named(loaded.tasks, task_name)
+    model = backend_model(loaded, task, backend, quantize)
     dataset = parse_lines(lines, task, source)
     split = SplitData(dataset, source, labelled=False)
     # Sentences piped through are often a handful: progress bars only when a person watches stderr.
     watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                                progress=watched)
-    device = default_device()
-    speed.set_switches(loaded.model, loaded.recipe.speed)
-    result = run_inference(loaded.model.to(device), task,
+    device = default_device() if backend == "torch" else "cpu"
+    result = run_inference(model.to(device), task,
                            eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=watched)
@@ -104,7 +121,7 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
 
 def predict_split(ckpt: str | Path, task_name: str, split: str, output: str | os.PathLike[str] | None,
                   data_dir: str | None = None, batch_size: int = 128,
-                  report: Callable[[str], None] = print) -> Path:
+                  report: Callable[[str], None] = print, backend: str = "torch", quantize: str | None = None) -> Path:
     """Predict every example of a split and write the task's submission file (see submission.py):
     the cs224n files for sst, quora and sts, the GLUE server's for GLUE tasks, else id + prediction.
 
@@ -112,8 +129,9 @@ def predict_split(ckpt: str | Path, task_name: str, split: str, output: str | os
     slash or has no file extension: created, the standard name inside) or the file itself."""
     loaded = exported.load_model(ckpt, data_dir=data_dir)
     task = task_named(loaded.tasks, task_name)
+    model = backend_model(loaded, task, backend, quantize)
     submission = read_for_submission(loaded, task, split, submission_path(output, task, split), report)
-    predict_submission(loaded, submission, batch_size)
+    predict_submission(loaded, submission, batch_size, model=model)
     return write(submission, report)
 
 
@@ -130,13 +148,15 @@ def read_input(path: Path | None) -> tuple[Iterable[str], str]:
 
 
 def run(ckpt: Path, task: str, input: Path | None, output: str | None, fmt: str, split: str | None,
-        data_dir: str | None, batch_size: int, say: Callable[[str], None]) -> None:
+        data_dir: str | None, batch_size: int, say: Callable[[str], None], backend: str = "torch",
+        quantize: str | None = None) -> None:
     """`mtbert predict`: lines of --input (or stdin) to stdout or --output, or with --split, the task's
     submission file; `say` reports on stderr."""
     if fmt not in ("tsv", "jsonl"):
         raise MtbertError(f"--format: expected tsv or jsonl, got {fmt!r}")
     if split:
-        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=say)
+        path = predict_split(ckpt, task, split, output, data_dir, batch_size, report=say, backend=backend,
+                             quantize=quantize)
         say(f"wrote {path}")
         return
     target = Path(output) if output is not None else None
@@ -144,10 +164,10 @@ def run(ckpt: Path, task: str, input: Path | None, output: str | None, fmt: str,
         check_output_file(target, "--output")
     lines, source = read_input(input)
     if target is None:
-        predict_lines(ckpt, task, lines, source, sys.stdout, fmt, batch_size)
+        predict_lines(ckpt, task, lines, source, sys.stdout, fmt, batch_size, backend, quantize)
         return
     buffer = io.StringIO()  # written in one go, so a failure half-way leaves no partial file
-    count = predict_lines(ckpt, task, lines, source, buffer, fmt, batch_size)
+    count = predict_lines(ckpt, task, lines, source, buffer, fmt, batch_size, backend, quantize)
     existed = target.exists()
     write_text_atomically(target, buffer.getvalue())
     say(f"{wrote(existed)} {target} ({count} predictions)")

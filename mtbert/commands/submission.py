@@ -25,6 +25,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
+import torch
 
 from mtbert import exported, speed
 from mtbert.commands.evaluation import default_device
@@ -157,10 +158,14 @@ def read_for_submission(loaded: exported.LoadedModel, task: Task, split: str, pa
     tokenized = tokenize_split(data, task, loaded.tokenizer, loaded.recipe.model.max_length)
     return Submission(task, split, path, replaces, data, tokenized)
 
-def predict_submission(loaded: exported.LoadedModel, submission: Submission, batch_size: int) -> None:
-    device = default_device()
-    speed.set_switches(loaded.model, loaded.recipe.speed)
-    result = run_inference(loaded.model.to(device), submission.task,
+def predict_submission(loaded: exported.LoadedModel, submission: Submission, batch_size: int,
+                       model=None) -> None:
+    """model: what predicts (default the loaded torch model with the recipe's speed switches; ONNX Runtime's
+    runs on the CPU)."""
+    device = default_device() if model is None or isinstance(model, torch.nn.Module) else "cpu"
+    if model is None:
+        model = speed.set_switches(loaded.model, loaded.recipe.speed)
+    result = run_inference(model.to(device), submission.task,
                            eval_loader(submission.tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),
                            device=device, progress=True)

@@ -111,6 +111,62 @@ def _checked_value(key: str, value: Any) -> Any:
 
 
 # --------------------------------------------------------------------------------------
+# Dropout
+#
+# On a CPU that is not Intel's (its MKL path is Intel-only), torch's dropout draws a uniform random number
+# per element from its mt19937 generator, one element at a time, and drawing is most of what dropout
+# costs: a tenth of a MiniLM training step. A keep-or-drop decision needs 16 random bits to be exact to
+# 1/65536, so ``dropout`` takes two decisions from each 32-bit draw: fewer draws, a different random stream than
+# ``F.dropout`` (same seed, other masks), the same distribution to 1/65536. Elsewhere (CUDA draws in
+# parallel with Philox) and when ``cheap_masks`` is off, it is ``F.dropout``.
+
+_LANES = 65536  # values of one 16-bit lane
+
+
+def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device) -> torch.Tensor:
+    """Boolean mask of `shape`, each element False (dropped) with probability round(p * 65536) / 65536."""
+    count = math.prod(shape)
+    words = torch.randint(-2**31, 2**31 - 1, ((count + 1) // 2,), dtype=torch.int32, device=device)  # (⌈n/2⌉,)
+    lanes = words.view(torch.int16)[:count]  # (n,): 16 random bits each, uniform over [-32768, 32767]
+    return (lanes >= round(p * _LANES) - _LANES // 2).view(shape)
+
+
+class _ScaleKept(torch.autograd.Function):
+    """x * mask * scale, one pass forward and backward, saving the 1-byte mask (as F.dropout does)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(mask)
+        ctx.scale = scale
+        return torch.ops.aten.native_dropout_backward(x, mask, scale)  # the kernel computes x * mask * scale
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (mask,) = ctx.saved_tensors
+        return torch.ops.aten.native_dropout_backward(grad, mask, ctx.scale), None, None
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, cheap_masks: bool = False) -> torch.Tensor:
+    """F.dropout(x, p, training), with masks of 16 random bits per element on the CPU when cheap_masks."""
+    if not training or p == 0:
+        return x
+    dropped = round(p * _LANES)
+    if not cheap_masks or x.device.type != "cpu" or dropped in (0, _LANES) or not x.is_floating_point():
+        return F.dropout(x, p, True)
+    return _ScaleKept.apply(x, keep_mask(x.shape, p, x.device), _LANES / (_LANES - dropped))
+
+
+class BertDropout(nn.Dropout):
+    """nn.Dropout through ``dropout``; no weights, so checkpoints are those of nn.Dropout."""
+
+    cheap_masks: bool = False
+    """CPU masks from 16 random bits per element (see "Dropout" above); a plain switch (speed.cheap_dropout)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.cheap_masks)
+
+
+# --------------------------------------------------------------------------------------
 # Embeddings
 
 
@@ -123,7 +179,7 @@ class BertEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = BertDropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
         seq_len = input_ids.shape[1]
@@ -190,7 +246,7 @@ class PackedMask(NamedTuple):
         """(N, W) -> (B, T, W), zeros at padding."""
         batch, seq_len = self.attention.shape[0], self.attention.shape[-1]
         padded = packed.new_zeros(batch * seq_len, packed.shape[-1])  # (B*T, W)
-        return padded.index_copy(0, self.positions, packed).view(batch, seq_len, -1)  # (B, T, W)
+        return padded.index_copy_(0, self.positions, packed).view(batch, seq_len, -1)  # (B, T, W), in place: one copy
 
     def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
         """(B, T, W) -> (N, W), the real rows only."""
@@ -228,7 +284,16 @@ def first_tokens(hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None) -
 
 
 class BertSelfAttention(nn.Module):
-    """Multi-head scaled dot-product attention over the whole (unmasked) sequence."""
+    """Multi-head scaled dot-product attention over the whole (unmasked) sequence.
+
+    The query, key and value projections are three nn.Linear under Hugging Face's names, as checkpoints have
+    them and adapters (LoRA) wrap them; computing them is one matrix product with the three weights stacked
+    when ``fused_qkv`` allows."""
+
+    fused_qkv: bool = False
+    """One (H -> 3H) product with the stacked weights instead of three (H -> H) ones, and on packed tokens one
+    scatter back instead of three; the same numbers. Only while all three are plain nn.Linear (an adapter's
+    wrapper runs its own forward). A plain switch (speed.fused_qkv)."""
 
     def __init__(self, config: BertConfig) -> None:
         super().__init__()
@@ -237,33 +302,54 @@ class BertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        self.dropout_p = config.attention_probs_dropout_prob
+        self.dropout = BertDropout(config.attention_probs_dropout_prob)  # on the attention probabilities
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, seq_len, _ = x.shape
         x = x.view(batch, seq_len, self.num_heads, self.head_dim)  # (B, T, nh, D)
         return x.transpose(1, 2)  # (B, nh, T, D)
 
+    def _project(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
+                 *linears: nn.Module) -> list[torch.Tensor]:
+        """hidden (B, T, H) or packed (N, H) through each of `linears` -> one padded (B, T, H) each."""
+        packed = isinstance(mask, PackedMask)
+        if self.fused_qkv and len(linears) > 1 and all(type(x) is nn.Linear and x.bias is not None for x in linears):
+            # Stacked per call (a copy of 3 H x H floats, ~1% of the product's time): always the current weights.
+            stacked = F.linear(hidden, torch.cat([x.weight for x in linears]),
+                               torch.cat([x.bias for x in linears]))  # (B, T, kH) or (N, kH)
+            return list((mask.to_padded(stacked) if packed else stacked).chunk(len(linears), dim=-1))  # k x (B, T, H)
+        outputs = [linear(hidden) for linear in linears]  # (B, T, H) or (N, H) each
+        return [mask.to_padded(x) for x in outputs] if packed else outputs  # (B, T, H) each
+
+    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, nh, Tq, D) queries, (B, nh, T, D) keys and values, (B, 1, 1, T) mask or None -> (B, nh, Tq, D)."""
+        scale = 1.0 / math.sqrt(self.head_dim)
+        p = self.dropout.p if self.training else 0.0
+        if p > 0 and self.dropout.cheap_masks and query.device.type == "cpu":
+            # torch's fused CPU attention cannot drop, so SDPA would take its math path with torch's masks:
+            # the same math here, with dropout's cheaper masks.
+            scores = (query * scale) @ key.transpose(-2, -1)  # (B, nh, Tq, T)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))  # every row keeps its real keys ([CLS] at least)
+            return self.dropout(scores.softmax(-1)) @ value  # (B, nh, Tq, T) @ (B, nh, T, D) -> (B, nh, Tq, D)
+        return F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=p, scale=scale)
+
     def forward(self, hidden: torch.Tensor, mask: torch.Tensor | PackedMask | None,
                 first_token_only: bool = False) -> torch.Tensor:
         """Padded (B, T, H) with (B, 1, 1, T) or None, or packed (N, H) with a PackedMask -> same layout;
         with first_token_only, the first token's result only: (B, 1, H)."""
-        key, value = self.key(hidden), self.value(hidden)  # (B, T, H) or (N, H)
-        query = self.query(first_tokens(hidden, mask) if first_token_only else hidden)  # (B, 1, H) or as hidden
         packed = isinstance(mask, PackedMask)
-        if packed:
-            key, value = mask.to_padded(key), mask.to_padded(value)  # (B, T, H) each
-            if not first_token_only:
-                query = mask.to_padded(query)  # (B, T, H)
+        if first_token_only:
+            key, value = self._project(hidden, mask, self.key, self.value)  # (B, T, H) each
+            query = self.query(first_tokens(hidden, mask))  # (B, 1, H)
+        else:
+            query, key, value = self._project(hidden, mask, self.query, self.key, self.value)  # (B, T, H) each
         batch, query_len, width = query.shape
-        context = F.scaled_dot_product_attention(
-            self._split_heads(query),  # (B, nh, Tq, D), Tq = T or 1
-            self._split_heads(key),  # (B, nh, T, D)
-            self._split_heads(value),  # (B, nh, T, D)
-            attn_mask=mask.attention if packed else mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
-            scale=1.0 / math.sqrt(self.head_dim),
-        )  # (B, nh, Tq, D)
+        context = self._attend(self._split_heads(query),  # (B, nh, Tq, D), Tq = T or 1
+                               self._split_heads(key),  # (B, nh, T, D)
+                               self._split_heads(value),  # (B, nh, T, D)
+                               mask.attention if packed else mask)  # (B, nh, Tq, D)
         context = context.transpose(1, 2).reshape(batch, query_len, width)  # (B, Tq, nh, D) -> (B, Tq, H)
         return mask.to_packed(context) if packed and not first_token_only else context  # (N, H) or (B, Tq, H)
 
@@ -275,7 +361,7 @@ class BertSelfOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = BertDropout(config.hidden_dropout_prob)
 
     def forward(self, context: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(context)) + residual)
@@ -321,7 +407,7 @@ class BertOutput(nn.Module):
         super().__init__()
         self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = BertDropout(config.hidden_dropout_prob)
 
     def forward(self, widened: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return self.LayerNorm(self.dropout(self.dense(widened)) + residual)  # (B, T, H)

@@ -6,9 +6,11 @@ from typer.testing import CliRunner
 
 from mtbert.cli import app
 from mtbert.commands.bench import (
+    GROUPED,
     Tally,
     build_side,
     collate_plan,
+    format_report,
     padded_tokens,
     ratios,
     regroup,
@@ -109,6 +111,13 @@ def test_run_bench_reports_both_sides_ratios_and_identical_predictions(recipe):
         # The same examples on both sides: the same real tokens.
         assert ours["real_tokens"] == theirs["real_tokens"] and ours["examples"] == theirs["examples"]
         assert 0 < ours["mfu"] < 1 and ours["seconds"] > 0
+    for phase in ("train", "predict"):  # the fair reference: exactly mtbert's batches, so the same padding
+        ours, fair, ratio = (result[phase][key] for key in ("mtbert", GROUPED, "ratio_same_batches"))
+        assert (fair["real_tokens"], fair["padded_tokens"], fair["steps"]) == \
+            (ours["real_tokens"], ours["padded_tokens"], ours["steps"])
+        assert ratio["examples_per_s"] == pytest.approx(ours["examples_per_s"] / fair["examples_per_s"])
+    report = format_report(result)
+    assert report.index("transformers, same batches") < report.index("transformers, plain loop")
     assert result["train"]["mtbert"]["steps"] == 3
     assert result["predict"]["mtbert"]["examples"] == 60  # 20 per task
     assert result["parity_max_abs_diff"] < 1e-5
@@ -158,3 +167,26 @@ def test_profile_writes_tables_and_splits_the_time(recipe, tmp_path):
         assert (tmp_path / "prof" / f"{side}-train-trace.json").is_file()
         shares = result["train"][side]["profile"]["shares"]
         assert sum(shares.values()) == pytest.approx(1.0) and shares["matrix products"] > 0
+
+
+@pytest.mark.slow
+def test_onnxruntime_comparison_predicts_the_same(tmp_path, tokenizer_dir):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir, tasks={"sst": {}}, train={"batch_size": 8}))
+    result = run_bench(recipe, steps=1, warmup=0, compare="onnxruntime", predict_limit=24, memory=False,
+                       say=lambda message: None)
+    json.dumps(result)
+    assert set(result["train"]) == {"mtbert"}  # prediction only for ONNX Runtime
+    for side in ("mtbert_onnx", "mtbert_onnx_int8", "transformers_onnx"):
+        figures = result["predict"][side]
+        assert figures["examples"] == 24 and figures["real_tokens"] == result["predict"]["mtbert"]["real_tokens"]
+        assert result["predict"][f"ratio_{side}"]["examples_per_s"] > 0
+    for side in ("mtbert_onnx", "transformers_onnx"):  # fp32: the same predictions
+        agreed = result["predict"][f"agreement_{side}"]["sst"]
+        assert agreed["labels_equal"] == 1.0 and agreed["max_abs_probability_diff"] < 1e-5
+    assert 0 <= result["predict"]["agreement_mtbert_onnx_int8"]["sst"]["labels_equal"] <= 1
+    # transformers' standard route: ONNX Runtime's optimizer fuses its attention
+    assert result["onnx"]["transformers_fused_operators"]["sst"].get("Attention", 0) > 0
+    assert set(result["predict"]["dev_scores"]["mtbert_onnx_int8"]["sst"]) >= {"main"}
+    assert "mtbert ONNX int8" in format_report(result)

@@ -13,15 +13,11 @@ from typer.testing import CliRunner
 
 from mtbert.cli import app
 from mtbert.commands.export import EXPORT_MARKER, export_hf
-from mtbert.config import dump_recipe, load_recipe
-from mtbert.data.loading import load_tokenizer
 from mtbert.errors import MtbertError
-from mtbert.exported import export_model, load_model
+from mtbert.exported import load_model
 from mtbert.objectives.supervised import predictions
-from mtbert.tasks import resolve_tasks
-from mtbert.training.setup import build_model
 
-from helpers import write_recipe
+from helpers import random_checkpoint
 
 TASKS = {
     "sst": {}, "quora": {}, "sts": {},  # classes, binary (cross), regression (cross): cls pooler, linear head
@@ -34,16 +30,7 @@ SECOND = ["the movie is great", "why", "the actor plays guitar on stage", "a man
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, tokenizer_dir):
-    tmp = tmp_path_factory.mktemp("export")
-    recipe = load_recipe(write_recipe(tmp, tokenizer_dir, tasks=TASKS))
-    tokenizer = load_tokenizer(recipe.model.tokenizer)
-    torch.manual_seed(0)
-    model = build_model(recipe, resolve_tasks(recipe), tokenizer).eval()
-    with torch.no_grad():  # large random weights, so predictions differ between examples and classes
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.5)
-    export_model(model, tokenizer, tmp / "ckpt", recipe=dump_recipe(recipe), metrics={})
-    return tmp / "ckpt"
+    return random_checkpoint(tmp_path_factory.mktemp("export"), tokenizer_dir, TASKS)
 
 
 @pytest.fixture(scope="module")

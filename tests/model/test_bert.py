@@ -6,9 +6,13 @@ import transformers
 
 from mtbert.model.bert import (
     BertConfig,
+    BertDropout,
     BertModel,
     BertModelOutput,
+    BertSelfAttention,
     PackedMask,
+    dropout,
+    keep_mask,
     pack,
     padding_mask,
     unpack,
@@ -371,3 +375,96 @@ def test_to_dict_is_a_bert_config_for_transformers():
     assert hf_config.hidden_size == 32
     assert hf_config.hidden_act == "gelu_new"
     assert BertConfig.from_dict(hf_config.to_dict()) == config
+
+
+# --- cheaper dropout masks and the fused query-key-value product -------------------------
+
+
+def set_switches(model: BertModel, fused_qkv: bool, cheap_masks: bool) -> None:
+    for module in model.modules():
+        if isinstance(module, BertSelfAttention):
+            module.fused_qkv = fused_qkv
+        elif isinstance(module, BertDropout):
+            module.cheap_masks = cheap_masks
+
+
+def test_keep_mask_drops_at_the_rate_asked():
+    torch.manual_seed(0)
+    mask = keep_mask((400, 1000), 0.1, torch.device("cpu"))
+    assert mask.dtype == torch.bool and mask.shape == (400, 1000)
+    # 400,000 draws: the standard error of the rate is 4.7e-4.
+    assert abs(1 - mask.float().mean().item() - 0.1) < 2.5e-3
+    torch.manual_seed(0)
+    assert torch.equal(keep_mask((400, 1000), 0.1, torch.device("cpu")), mask)  # the seed decides the mask
+    assert keep_mask((3, 5), 0.5, torch.device("cpu")).shape == (3, 5)  # an odd count of lanes
+
+
+def test_cheap_dropout_scales_the_kept_and_passes_gradients_through_the_mask():
+    x = torch.randn(64, 32, requires_grad=True)
+    torch.manual_seed(1)
+    y = dropout(x, 0.25, training=True, cheap_masks=True)
+    kept = y != 0
+    assert 0.6 < kept.float().mean() < 0.9
+    torch.testing.assert_close(y[kept], x[kept] / 0.75)
+    y.backward(torch.ones_like(y))
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0, training=True) is x
+
+
+def test_fused_qkv_equals_three_products_padded_and_packed_in_training():
+    """The same weights and the same dropout masks (same seed): the fused product gives the same numbers."""
+    model = BertModel(tiny_config())
+    batch = padded_batch()
+    for unpad in (False, True):
+        model.unpad = unpad
+        outputs = []
+        for fused in (False, True):
+            set_switches(model, fused_qkv=fused, cheap_masks=True)
+            torch.manual_seed(3)
+            outputs.append(model.train()(**batch).last_hidden_state)
+        torch.testing.assert_close(outputs[1], outputs[0], atol=1e-6, rtol=0)
+
+
+class WrappedLinear(torch.nn.Module):
+    """A stand-in for an adapter's wrapper of a projection (peft's LoRA layer): not a plain nn.Linear."""
+
+    def __init__(self, linear: torch.nn.Linear):
+        super().__init__()
+        self.base_layer = linear
+        self.extra = torch.nn.Linear(linear.in_features, linear.out_features, bias=False)
+
+    def forward(self, x):
+        return self.base_layer(x) + self.extra(x)
+
+
+def test_fused_qkv_steps_aside_for_a_wrapped_projection():
+    model = BertModel(tiny_config()).eval()
+    batch = padded_batch()
+    for layer in model.encoder.layer:
+        layer.attention.self.value = WrappedLinear(layer.attention.self.value)
+    outputs = []
+    for fused in (False, True):
+        set_switches(model, fused_qkv=fused, cheap_masks=True)
+        with torch.no_grad():
+            outputs.append(model(**batch).last_hidden_state)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=0, rtol=0)
+    with torch.no_grad():
+        for layer in model.encoder.layer:  # the wrapper's own forward runs: its extra weights change the result
+            layer.attention.self.value.extra.weight.add_(0.5)
+        assert not torch.allclose(model(**batch).last_hidden_state, outputs[0])
+
+
+def test_attention_with_cheap_masks_is_masked_softmax_attention():
+    """Training with masks of ~no drops (p=1e-9, below one lane: torch's own dropout) through the explicit
+    attention math equals eval mode's fused attention."""
+    hf_model = randomized_hf_model(tiny_hf_config(attention_probs_dropout_prob=1e-9, hidden_dropout_prob=0.0))
+    model = our_copy_of(hf_model)
+    set_switches(model, fused_qkv=True, cheap_masks=True)
+    batch = padded_batch()
+    real = batch["attention_mask"].bool()
+    with torch.no_grad():
+        expected = hf_model(**batch).last_hidden_state
+        for unpad in (False, True):
+            model.unpad = unpad
+            actual = model.train()(**batch).last_hidden_state
+            torch.testing.assert_close(actual[real], expected[real], atol=1e-5, rtol=0)

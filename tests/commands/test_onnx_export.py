@@ -1,0 +1,122 @@
+"""`mtbert export --format onnx` and `mtbert predict --backend onnxruntime`: the ONNX graph of a task's whole
+forward pass equals the torch model within the stated tolerance, at other shapes than the export's."""
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import onnx  # noqa: E402
+
+from mtbert import onnx_model  # noqa: E402
+from mtbert.cli import app  # noqa: E402
+from mtbert.commands.onnx_export import DESCRIPTION_FILE, INT8_FILE, MODEL_FILE, export_onnx  # noqa: E402
+from mtbert.errors import MtbertError  # noqa: E402
+from mtbert.exported import load_model  # noqa: E402
+
+from helpers import random_checkpoint  # noqa: E402
+
+SENTENCES = "the film was very good\nawful plot\na dull story , not moving at all , sadly\nwhat\n"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, tokenizer_dir):
+    tasks = {"sst": {}, "sts": {"pair_encoding": "siamese"}}
+    return random_checkpoint(tmp_path_factory.mktemp("onnx"), tokenizer_dir, tasks)
+
+
+@pytest.fixture(scope="module")
+def sst_export(ckpt, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("out") / "sst-onnx"
+    result = CliRunner().invoke(app, ["export", str(ckpt), "--task", "sst", "--to", str(folder), "--format", "onnx",
+                                      "--quantize", "int8"])
+    assert result.exit_code == 0, result.output
+    assert "opset 20" in result.output
+    return folder
+
+
+def test_export_writes_a_dynamic_graph_that_equals_torch(ckpt, sst_export):
+    described = json.loads((sst_export / DESCRIPTION_FILE).read_text())
+    assert described["task"] == "sst" and described["opset"] == onnx_model.OPSET == 20
+    assert described["inputs"] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert described["fp32_max_abs_difference"] <= onnx_model.FP32_TOLERANCE
+    graph = onnx.load(str(sst_export / MODEL_FILE))
+    assert [(o.domain or "ai.onnx", o.version) for o in graph.opset_import if not o.domain] == [("ai.onnx", 20)]
+    for tensor in graph.graph.input:  # dynamic batch and length
+        assert [d.dim_param for d in tensor.type.tensor_type.shape.dim] == ["batch", "seq"]
+    assert (sst_export / "tokenizer_config.json").is_file()
+    # Independently of the check the export ran: other shapes, other seeds, padding.
+    loaded = load_model(ckpt)
+    runtime = onnx_model.OnnxTaskModel.from_files({"sst": sst_export / MODEL_FILE})
+    assert onnx_model.max_abs_difference(loaded.model, "sst", runtime, shapes=((3, 11, 6), (1,))) <= 1e-4
+
+
+def test_int8_graph_is_quantized_and_close(ckpt, sst_export):
+    graph = onnx.load(str(sst_export / INT8_FILE))
+    ops = {node.op_type for node in graph.graph.node}
+    assert ops & {"MatMulInteger", "DynamicQuantizeMatMul"} and "DynamicQuantizeLinear" in ops
+    assert (sst_export / INT8_FILE).stat().st_size < (sst_export / MODEL_FILE).stat().st_size
+    loaded = load_model(ckpt)
+    batch = onnx_model.example_batch(onnx_model.SINGLE_INPUTS, loaded.model.config.encoder.vocab_size, [9, 4, 2])
+    fp32 = onnx_model.OnnxTaskModel.from_files({"sst": sst_export / MODEL_FILE})("sst", batch)
+    int8 = onnx_model.OnnxTaskModel.from_files({"sst": sst_export / INT8_FILE})("sst", batch)
+    assert int8.shape == fp32.shape and torch.isfinite(int8).all() and not torch.equal(int8, fp32)
+
+
+@pytest.mark.slow
+def test_a_task_whose_graph_would_fix_the_batch_size_is_refused(ckpt, tmp_path):
+    """torch.export fixes the batch size of a siamese pair's graph (observed with torch 2.13): one clear line."""
+    with pytest.raises(MtbertError, match=r"task sts: the exported graph fixes a dimension .*input_ids \[3, 'seq'\]"):
+        export_onnx(ckpt, "sts", tmp_path / "sts")
+    assert not (tmp_path / "sts").exists() and not list(tmp_path.iterdir())
+
+
+def predict(ckpt, *extra):
+    result = CliRunner().invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "sst", "--format", "jsonl",
+                                      *extra], input=SENTENCES)
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_predict_with_onnxruntime_equals_torch(ckpt):
+    torch_rows, onnx_rows, int8_rows = (predict(ckpt, *extra) for extra in
+                                        ((), ("--backend", "onnxruntime"),
+                                         ("--backend", "onnxruntime", "--quantize", "int8")))
+    assert len(torch_rows) == len(onnx_rows) == len(int8_rows) == 4
+    assert [r["label"] for r in onnx_rows] == [r["label"] for r in torch_rows]
+    assert len({tuple(r["probabilities"].values()) for r in torch_rows}) > 1  # not one constant output
+    for ours, theirs in zip(onnx_rows, torch_rows):
+        difference = max(abs(ours["probabilities"][k] - p) for k, p in theirs["probabilities"].items())
+        assert difference <= 2e-6  # rounded to 6 digits in the output
+    assert all(np.isclose(sum(r["probabilities"].values()), 1, atol=1e-5) for r in int8_rows)
+
+
+def test_bad_options_are_one_line(ckpt, tmp_path):
+    runner = CliRunner()
+    cases = [(["predict", "--ckpt", str(ckpt), "--task", "sst", "--quantize", "int8"], "--backend onnxruntime"),
+             (["predict", "--ckpt", str(ckpt), "--task", "sst", "--backend", "tvm"], "--backend"),
+             (["export", str(ckpt), "--task", "sst", "--to", str(tmp_path / "x"), "--format", "tflite"], "--format"),
+             (["export", str(ckpt), "--task", "sst", "--to", str(tmp_path / "x"), "--quantize", "int8"], "--quantize"),
+             (["export", str(ckpt), "--task", "sst", "--to", str(tmp_path / "x"), "--format", "onnx",
+               "--quantize", "int4"], "--quantize"),
+             (["export", str(ckpt), "--task", "nope", "--to", str(tmp_path / "x"), "--format", "onnx"], "'nope'")]
+    for args, message in cases:
+        result = runner.invoke(app, args, input=SENTENCES)
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, args
+    assert not (tmp_path / "x").exists()
+
+
+def test_missing_onnxruntime_says_how_to_install(ckpt, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime now raises ImportError
+    with pytest.raises(MtbertError, match=r"need onnxruntime: pip install 'mtbert\[onnx\]'"):
+        export_onnx(ckpt, "sst", tmp_path / "x")
+    result = CliRunner().invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "sst", "--backend", "onnxruntime"],
+                                input=SENTENCES)
+    assert result.exit_code == 2 and "mtbert[onnx]" in result.output
