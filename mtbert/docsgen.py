@@ -15,7 +15,7 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from mtbert import config
 
@@ -46,21 +46,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def type_text(tp: Any) -> str:
-    """A field's type as a reader writes it in YAML: `int`, `float | null`, `'inf' | 'l2'`, `list[str]`."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return " \\| ".join(repr(a) for a in args)
-    if origin in (typing.Union, types.UnionType):
-        return " \\| ".join(type_text(a) for a in args)
-    if origin is list:
-        return f"list[{type_text(args[0])}]"
-    if origin is dict:
-        return f"mapping of {type_text(args[1])}"
-    if dataclasses.is_dataclass(tp):
-        return "mapping"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
+    """A field's type in the words the recipe's own error messages use: `an integer or null`, `one of 'inf', 'l2'`."""
+    return config._type_name(tp).replace("|", "\\|")
 
 
 def default_text(f: dataclasses.Field) -> str:
@@ -157,7 +144,10 @@ def _param_default(param) -> str:
 
 def _param_type(param) -> str:
     text = "flag" if getattr(param, "is_flag", False) else type_text(_annotation(param))
-    text = {"Path": "path", "str": "text", "int": "integer", "float": "number"}.get(text, text)
+    if typing.get_origin(_annotation(param)) is list:  # an option given several times, or trailing arguments
+        text = "key=value pairs" if param.param_type_name == "argument" else "a string, repeatable"
+    elif _annotation(param) is Path:
+        text = "a path"
     bounds = [f"at least {param.min}" if param.min is not None else "",
               f"at most {param.max}" if param.max is not None else ""]
     return ", ".join([text, *filter(None, bounds)])

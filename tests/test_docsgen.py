@@ -24,7 +24,7 @@ def test_recipe_reference_has_every_key_with_its_docstring():
     rows = {key: (tp, default, bound, doc) for key, tp, default, bound, doc in docsgen.recipe_rows()}
     assert rows["train.lr"][3] == "Peak learning rate."
     assert rows["seed"][2] == "in [0, 4294967295]"
-    assert rows["tasks.<name>.head.style"][0] == "'act_dropout' \\| 'ln_dropout_relu' \\| 'gelu_dropout'"
+    assert rows["tasks.<name>.head.style"][0] == "one of 'act_dropout', 'ln_dropout_relu', 'gelu_dropout'"
     assert rows["model.sharing.layers[].range"][1] == "required"
     assert rows["stages[].max_steps"][1] == "`null`"
     assert all(doc for *_, doc in rows.values()), [k for k, v in rows.items() if not v[3]]
@@ -34,9 +34,10 @@ def test_recipe_reference_has_every_key_with_its_docstring():
 def test_command_reference_lists_every_option():
     page = docsgen.command_page()
     assert "## `mtbert train`" in page and "## `mtbert init`" in page
-    assert "| `--resume` | text |  |" in page
+    assert "| `--resume` | a string |  |" in page and "| `OVERRIDES ...` | key=value pairs |  |" in page
+    assert "| `--text` | a string, repeatable |  |" in page
     assert "| `--memory` / `--no-memory` | flag | `--memory` |" in page
-    assert "| `--steps` | integer, at least 1 | `30` |" in page
+    assert "| `--steps` | an integer, at least 1 | `30` |" in page
 
 
 def test_check_mode_reports_a_stale_page(tmp_path, monkeypatch, capsys):
