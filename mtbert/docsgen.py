@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import inspect
 import sys
 import types
@@ -182,8 +183,15 @@ def command_page() -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+@functools.cache
+def _texts() -> tuple[str, str]:
+    return recipe_page(), command_page()
+
+
 def pages() -> dict[Path, str]:
-    return {PAGES / "recipe.md": recipe_page(), PAGES / "commands.md": command_page()}
+    """Each reference page's path and its text as the code now generates it (generated once per process)."""
+    recipe, commands = _texts()
+    return {PAGES / "recipe.md": recipe, PAGES / "commands.md": commands}
 
 
 def stale_pages() -> list[Path]:
