@@ -182,7 +182,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
             batch_size: BatchSize = 128):
     """Predict labels (with class probabilities) or scores.
 
-    Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
+    Example: echo "Everyone loved the cake." | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
 
     With --split, the file is the task's submission file: cs224n's for sst, quora and sts, the GLUE
