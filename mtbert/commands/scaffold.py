@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from mtbert.data.reading import json_objects
 from mtbert.errors import MtbertError
 from mtbert.files import write_text_atomically
 from mtbert.textfiles import read_text
@@ -59,16 +60,7 @@ def read_table(path: Path) -> Table:
         raise MtbertError(f"{path}: cannot tell the format from the extension; use .csv, .tsv or .jsonl")
     text = read_text(path, "data file")
     if fmt == "jsonl":
-        rows = []
-        for number, line in enumerate(text.split("\n"), start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise MtbertError(f"{path}:{number}: not valid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise MtbertError(f"{path}:{number}: expected a JSON object per line")
-                rows.append({k: _json_text(v) for k, v in row.items()})
+        rows = [{k: _json_text(v) for k, v in row.items()} for _, row in json_objects(path, text)]
         columns = list(dict.fromkeys(k for row in rows for k in row))
         return Table(path, fmt, columns, rows)
     first = text.split("\n", 1)[0]
