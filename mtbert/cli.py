@@ -187,7 +187,7 @@ def predict(task: Annotated[str, typer.Option(help="Task to predict, e.g. sst.")
                                                                  "numbers).")] = None):
     """Predict labels (with class probabilities) or scores.
 
-    Example: echo "a gorgeous, witty film" | mtbert predict --ckpt ckpt/quickstart --task sentiment
+    Example: echo "Everyone loved the cake." | mtbert predict --ckpt ckpt/quickstart --task sentiment
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test   (writes sst-test-output.csv)
     Example: mtbert predict --ckpt ckpt/rrobin --task sst --split test --backend onnxruntime --quantize int8
 
@@ -279,6 +279,33 @@ def make_data(name: Annotated[str, typer.Argument(help="Data set to generate: qu
     else:
         raise MtbertError(f"unknown data set {name!r}; available: quickstart, large")
     typer.echo(f"wrote {out or Path('data') / name}: {json.dumps(summary)}")
+
+
+@app.command("init")
+@user_errors
+def init(train: Annotated[Path, typer.Option(help="Training file: .csv, .tsv or .jsonl with a header row.")],
+         dev: Annotated[Path, typer.Option(help="Development file, in the same format.")],
+         out: Annotated[Path, typer.Option(help="Recipe to write (never replaced).")] = Path("recipe.yaml"),
+         text: Annotated[Optional[list[str]], typer.Option(help="Text column; twice for a sentence pair. "
+                                                                "Default: the column(s) holding text.")] = None,
+         label: Annotated[Optional[str], typer.Option(help="Label column. Default: one named like label, "
+                                                           "score, ..., else the last other column.")] = None,
+         kind: Annotated[Optional[str], typer.Option(help="classes, binary or regression. Default: guessed from "
+                                                          "the labels.")] = None,
+         task: Annotated[Optional[str], typer.Option(help="Task name. Default: the data folder's name.")] = None,
+         model: Annotated[str, typer.Option(help="Encoder: a hub name or a local folder.")] =
+         "sentence-transformers/all-MiniLM-L6-v2"):
+    """Write a commented recipe for your own files: columns and the task's kind read from them.
+
+    Example: mtbert init --train reviews/train.csv --dev reviews/dev.csv --out recipes/reviews.yaml
+    Then: mtbert validate recipes/reviews.yaml && mtbert train recipes/reviews.yaml
+    """
+    from mtbert.commands import scaffold
+
+    if kind is not None and kind not in ("classes", "binary", "regression"):
+        raise typer.BadParameter(f"{kind!r}: one of classes, binary, regression", param_hint="--kind")
+    scaffold.run(train, dev, out, texts=list(text or []), label=label, kind=kind, task=task, model=model,
+                 echo=typer.echo)
 
 
 @app.command()

@@ -37,7 +37,7 @@ def examples() -> dict[str, str]:
 
 
 def test_the_page_has_every_example():
-    assert set(examples()) == {"mtbert/objectives/uncertainty.py", "mtbert/objectives/registry.py",
+    assert set(examples()) == {"mtbert/objectives/precision.py", "mtbert/objectives/registry.py",
                                "mtbert/config.py", "mtbert/model/pooling.py", "recipe.yaml",
                                "mtbert/commands/params.py", "mtbert/cli.py"}
 
@@ -70,25 +70,25 @@ def into_module(module: types.ModuleType, file: str, monkeypatch) -> None:
 
 
 def test_a_new_objective_trains_logs_and_resumes_through_the_unchanged_loop(tmp_path, tokenizer_dir, monkeypatch):
-    new_module("mtbert/objectives/uncertainty.py", monkeypatch)
+    new_module("mtbert/objectives/precision.py", monkeypatch)
     into_module(mtbert.objectives.registry, "mtbert/objectives/registry.py", monkeypatch)
     into_module(mtbert.config, "mtbert/config.py", monkeypatch)
-    path = write_recipe(tmp_path, tokenizer_dir, stages=[{"objective": "uncertainty", "max_steps": 4}],
+    path = write_recipe(tmp_path, tokenizer_dir, stages=[{"objective": "precision", "max_steps": 4}],
                         train={"log_every": 1, "checkpoint_every": 2, "keep_checkpoints": 5, "lr": 0.05})
     first = tmp_path / "first"
     train(load_recipe(path, [f"output_dir={first}"]))
     records = [yaml.safe_load(line) for line in (first / "train_log.jsonl").read_text().splitlines()]
     variances = [r["log_variance"] for r in records if "log_variance" in r]
     assert len(variances) == 4 and variances[0] != variances[-1]  # learned: the optimizer moves them
-    # Resumed from step 2 (its `uncertainty` part restored), the run ends where the uninterrupted one did.
+    # Resumed from step 2 (its `precision` part restored), the run ends where the uninterrupted one did.
     again = tmp_path / "again"
     shutil.copytree(first, again)
     shutil.rmtree(again / "checkpoints" / "step-4")
     (again / "checkpoints" / "latest").write_text("step-2\n")
     train(load_recipe(path, [f"output_dir={again}"]), resume="latest")
     for folder in (first, again):
-        assert (folder / "checkpoints" / "step-4" / "uncertainty.json").is_file()
-    ours, theirs = (load_file(f / "checkpoints" / "step-4" / "uncertainty.safetensors") for f in (first, again))
+        assert (folder / "checkpoints" / "step-4" / "precision.json").is_file()
+    ours, theirs = (load_file(f / "checkpoints" / "step-4" / "precision.safetensors") for f in (first, again))
     assert torch.equal(ours["log_variance"], theirs["log_variance"])
 
 

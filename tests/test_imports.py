@@ -96,7 +96,8 @@ def test_imports_point_down_the_layers(layer, forbidden):
 
 
 def test_only_the_command_line_imports_the_command_line():
-    assert users_of("mtbert.cli", graph()) == {"mtbert.__main__": {"mtbert.cli"}}
+    # docsgen writes the command reference from the Typer app: describing the command line is its job.
+    assert users_of("mtbert.cli", graph()) == {"mtbert.__main__": {"mtbert.cli"}, "mtbert.docsgen": {"mtbert.cli"}}
 
 
 def test_only_launch_imports_accelerate_or_deepspeed_in_the_training_core():

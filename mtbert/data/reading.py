@@ -95,6 +95,12 @@ def _used_columns(task: Task) -> list[str]:
 
 def _json_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
     used = set(_used_columns(task))
+    for number, row in json_objects(path, text):
+        yield number, {k: _json_field(v, f"{path}:{number}", k) if k in used else "" for k, v in row.items()}
+
+
+def json_objects(path: Path, text: str) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file; anything but an object is an error."""
     # Only "\n" ends a JSON line: str.splitlines would also split inside a string holding U+2028.
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -105,7 +111,7 @@ def _json_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[st
             raise MtbertError(f"{path}:{number}: not valid JSON: {e.msg}") from None
         if not isinstance(row, dict):
             raise MtbertError(f"{path}:{number}: expected a JSON object per line, got a JSON {_json_type(row)}")
-        yield number, {k: _json_field(v, f"{path}:{number}", k) if k in used else "" for k, v in row.items()}
+        yield number, row
 
 
 def _json_field(value, where: str, key: str) -> str:

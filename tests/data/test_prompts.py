@@ -52,14 +52,14 @@ def test_builtin_templates_render_the_documented_text():
 
 
 def documented_templates() -> dict[str, tuple[str, str]]:
-    """task -> (question, context) from the README's table of built-in templates."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
-    table = readme.split("The built-in templates (", 1)[1].split("\n\n")[1]  # the paragraph after the line
+    """task -> (question, context) from the docs' table of built-in templates (Tasks and data)."""
+    page = (Path(__file__).parents[2] / "docs" / "tasks.md").read_text(encoding="utf-8")
+    table = page.split("The built-in templates (", 1)[1].split("\n\n")[1]  # the paragraph after the line
     rows = re.findall(r"^\| ((?:`\w+`(?:, )?)+) \| (.+?) \| `(.+?)` \|$", table, flags=re.MULTILINE)
     return {name: (question, context) for names, question, context in rows for name in re.findall(r"`(\w+)`", names)}
 
 
-def test_every_builtin_template_renders_the_text_the_readme_documents():
+def test_every_builtin_template_renders_the_text_the_docs_document():
     documented = documented_templates()
     assert set(documented) == set(BUILTIN_PROMPTS)  # no built-in left undocumented, none documented in vain
     for name, (question, context) in documented.items():
