@@ -143,6 +143,7 @@ def test_unknown_comparison_is_refused(recipe):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_bench_command_measures_memory_per_side_and_writes_json(tmp_path, tokenizer_dir):
     path = write_recipe(tmp_path, tokenizer_dir, train={"batch_size": 8})
     out = tmp_path / "bench.json"
@@ -170,6 +171,7 @@ def test_profile_writes_tables_and_splits_the_time(recipe, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_onnxruntime_comparison_predicts_the_same(tmp_path, tokenizer_dir):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

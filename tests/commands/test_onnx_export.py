@@ -70,6 +70,7 @@ def test_int8_graph_is_quantized_and_close(ckpt, sst_export):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_task_whose_graph_would_fix_the_batch_size_is_refused(ckpt, tmp_path):
     """torch.export fixes the batch size of a siamese pair's graph (observed with torch 2.13): one clear line."""
     with pytest.raises(MtbertError, match=r"task sts: the exported graph fixes a dimension .*input_ids \[3, 'seq'\]"):

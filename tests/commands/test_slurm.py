@@ -113,6 +113,7 @@ def wait_for_step(log: Path, step: int, process: subprocess.Popen, limit: float 
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_signalled_job_requeues_itself_and_ends_like_an_uninterrupted_run(tmp_path, tokenizer_dir, fake_slurm,
                                                                            monkeypatch):
     recipe = write_recipe(tmp_path, tokenizer_dir)

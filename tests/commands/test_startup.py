@@ -18,6 +18,7 @@ def test_step_one_is_its_loss_record(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.extended
 def test_a_run_that_fails_is_one_error_with_its_message(tmp_path):
     with pytest.raises(MtbertError, match="did not reach step 1 within .*no-such-recipe.yaml"):
         startup.time_to_first_step(tmp_path / "no-such-recipe.yaml", [], tmp_path / "cache", tmp_path / "run", 120)

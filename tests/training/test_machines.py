@@ -52,6 +52,7 @@ def launch_machines(config: str, recipe: Path, output: Path, *extra: str, env: d
 @pytest.mark.slow
 @pytest.mark.parametrize("config,deepspeed", [("cpu_multi.yaml", False), ("deepspeed_zero2.yaml", True)],
                          ids=["ddp", "zero2"])
+@pytest.mark.extended
 def test_two_machines_train_to_the_weights_of_one_machine_of_two_processes(tmp_path, tokenizer_dir, config,
                                                                             deepspeed):
     if deepspeed:
