@@ -596,14 +596,7 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
         result["train"][side]["profile"] = profiled
     _agreements(result, data.tasks, outputs, compares, parity)
     if "onnxruntime" in compares:
-        import onnxruntime
-
-        from mtbert import onnx_model
-
-        result["versions"]["onnxruntime"] = onnxruntime.__version__
-        result["onnx"] = {"opset": onnx_model.OPSET, "int8": onnx_model.QUANTIZATION,
-                          "threads": torch.get_num_threads(),
-                          "transformers_fused_operators": models["transformers_onnx"].fused_operators}
+        _describe_onnx(result, models)
     if memory:
         say("peak memory: one fresh process per side and phase ...")
         job = {"recipe": recipe, "config": config.to_dict(), "steps": steps, "warmup": warmup,
@@ -617,6 +610,18 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
             if side in result[phase]:
                 result[phase][ratio] = ratios(result[phase]["mtbert"], result[phase][side])
     return result
+
+
+def _describe_onnx(result: dict, models: dict) -> None:
+    """What the ONNX sides ran with: ONNX Runtime's version, the opset, int8's scheme, threads, fused operators."""
+    import onnxruntime
+
+    from mtbert import onnx_model
+
+    result["versions"]["onnxruntime"] = onnxruntime.__version__
+    result["onnx"] = {"opset": onnx_model.OPSET, "int8": onnx_model.QUANTIZATION,
+                      "threads": torch.get_num_threads(),
+                      "transformers_fused_operators": models["transformers_onnx"].fused_operators}
 
 
 def _agreements(result: dict, tasks: dict[str, Task], outputs: dict, compares: set[str], parity: float | None) -> None:
