@@ -409,6 +409,9 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
           plans: Annotated[Optional[Path], typer.Option(help="YAML file of sharing plans to try as model.sharing: a "
                                                              "list of short plans, or name: plan (a short string or "
                                                              "a structured mapping).")] = None,
+          variants: Annotated[Optional[Path], typer.Option(help="YAML file of named variants, each setting "
+                                                                "several recipe keys together: name: {key: value, "
+                                                                "...}.")] = None,
           output: Annotated[Optional[Path], typer.Option(help="Folder for the runs and the tables; default "
                                                               "sweeps/<recipe file name>.")] = None,
           data_dir: DataDir = None):
@@ -421,11 +424,13 @@ def sweep(recipe: Annotated[Path, typer.Argument(help="Recipe YAML.")],
     Example: mtbert sweep recipes/sharing_survey.yaml --grid 'model.sharing=shared,frozen,S4-I2\\[quora+sts]'
 
     Example: mtbert sweep recipes/quickstart.yaml --grid model.sharing=shared,S1-I1 --grid train.lr=1e-3,3e-3
+
+    Example: mtbert sweep recipes/sharing_survey.yaml --variants recipes/surveys/adapters.yaml
     """
     from mtbert.commands import sweep as command
 
     status = command.run(recipe, list(grid or []), plans, list(overrides or []), output, data_dir, echo=typer.echo,
-                         say=_say)
+                         say=_say, variants=variants)
     if status:
         raise typer.Exit(status)
 

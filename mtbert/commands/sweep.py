@@ -40,10 +40,21 @@ MIB = 2**20
 
 @dataclass
 class Axis:
-    """One varied recipe key and the values it takes: (label for the table, value for the override)."""
+    """One varied recipe key and the values it takes: (label for the table, value for the override).
+
+    The variants axis (key `variant`) varies several keys at once: each of its values is a mapping of recipe
+    key -> the text of its override."""
 
     key: str
-    values: list[tuple[str, str]]
+    values: list[tuple[str, str | dict[str, str]]]
+
+    def overrides(self, value: str | dict[str, str]) -> list[str]:
+        return [f"{k}={v}" for k, v in value.items()] if isinstance(value, dict) else [f"{self.key}={value}"]
+
+    @property
+    def varied(self) -> set[str]:
+        """The recipe keys this axis sets."""
+        return {k for _, v in self.values if isinstance(v, dict) for k in v} or {self.key}
 
 
 @dataclass
@@ -117,13 +128,35 @@ def load_plans(path: Path) -> Axis:
                                   for name, plan in named.items()])
 
 
+def load_variants(path: Path) -> Axis:
+    """A YAML file of named variants, each a mapping of recipe keys to values set together, e.g.
+    `lora_r16: {model.sharing: "frozen+lora[r=16]", train.lr: 1.0e-3}`: plans that each want their own
+    learning rate in one sweep."""
+    try:  # strict UTF-8, no key twice, aliases bounded: as a recipe is read
+        data, _ = yamlfile.load_file(path, "variants file")
+    except MtbertError as e:
+        raise MtbertError(f"--variants {e}") from None
+    if not (isinstance(data, dict) and data and all(isinstance(v, dict) and v for v in data.values())):
+        raise MtbertError(f"--variants {path}: expected a mapping name -> {{recipe.key: value, ...}}, e.g. "
+                          f"lora: {{model.sharing: frozen+lora, train.lr: 1.0e-3}}")
+    for name, settings in data.items():
+        bad = next((k for k in settings if not isinstance(k, str) or not k.strip() or "=" in k), None)
+        if bad is not None:
+            raise MtbertError(f"--variants {path}: variant {name!r}: {bad!r} is not a recipe key (e.g. train.lr)")
+    # A child's key=value override is read as YAML: text travels as it is, anything else as JSON (which is YAML).
+    return Axis("variant", [(str(name), {k: v if isinstance(v, str) else json.dumps(v) for k, v in settings.items()})
+                            for name, settings in data.items()])
+
+
 def combinations(axes: list[Axis]) -> list[Combination]:
-    keys = [a.key for a in axes]
-    if len(set(keys)) != len(keys):
-        raise MtbertError(f"the key {next(k for k in keys if keys.count(k) > 1)} is varied twice "
-                          f"(--grid and --plans both vary model.sharing)")
+    for i, axis in enumerate(axes):
+        for other in axes[:i]:
+            twice = sorted(axis.varied & other.varied)
+            if twice:
+                raise MtbertError(f"the key {twice[0]} is varied twice (by {other.key} and {axis.key}; --grid, "
+                                  f"--plans and --variants must vary different keys)")
     return [Combination({a.key: label for a, (label, _) in zip(axes, chosen)},
-                        [f"{a.key}={value}" for a, (_, value) in zip(axes, chosen)])
+                        [o for a, (_, value) in zip(axes, chosen) for o in a.overrides(value)])
             for chosen in itertools.product(*(a.values for a in axes))]
 
 
@@ -136,7 +169,7 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
     """Run every combination not finished before; write the tables; return one result per combination."""
     combos = combinations(axes)
     if not combos:
-        raise MtbertError("nothing to sweep: give at least one --grid key=v1,v2 or --plans FILE")
+        raise MtbertError("nothing to sweep: give at least one --grid key=v1,v2, --plans FILE or --variants FILE")
     for combo in combos:  # every combination must be a valid recipe before anything runs
         try:
             load_recipe(recipe, overrides + combo.overrides, data_dir=data_dir)
@@ -168,10 +201,12 @@ def run_sweep(recipe: Path, axes: list[Axis], overrides: list[str], output: Path
 
 
 def run(recipe: Path, grid: list[str], plans: Path | None, overrides: list[str], output: Path | None,
-        data_dir: str | None, echo: Callable[[str], None], say: Callable[[str], None]) -> int:
-    """`mtbert sweep`: run the grid (and plans), print the table (`say`: on stderr); return the exit status, 1 when
-    a combination failed."""
-    axes = [parse_grid(item) for item in grid] + ([load_plans(plans)] if plans else [])
+        data_dir: str | None, echo: Callable[[str], None], say: Callable[[str], None],
+        variants: Path | None = None) -> int:
+    """`mtbert sweep`: run the grid (and plans, variants), print the table (`say`: on stderr); return the exit
+    status, 1 when a combination failed."""
+    axes = ([load_variants(variants)] if variants else []) + [parse_grid(item) for item in grid] + (
+        [load_plans(plans)] if plans else [])
     folder = output or Path("sweeps") / recipe.stem
     results = run_sweep(recipe, axes, overrides, folder, data_dir, echo=echo)
     echo((folder / "sweep.md").read_text())

@@ -229,6 +229,17 @@ def test_a_plan_file_that_is_a_directory(tmp_path):
                   names=["plans.yaml"], watch=[tmp_path])
 
 
+@pytest.mark.parametrize("content,extra,names", [
+    ("- shared\n", [], ["variants.yaml", "expected a mapping"]),
+    ("a: {model.sharing: Z9}\n", [], ["variant=a", "Z9"]),
+    ("a: {train.lr: 1}\n", ["--grid", "train.lr=1e-4"], ["variant", "train.lr", "twice"])])
+def test_a_bad_variants_file(tmp_path, content, extra, names):
+    variants = recipe(tmp_path, content, "variants.yaml")
+    fails_cleanly(["sweep", recipe(tmp_path, BASE), "--variants", variants, *extra, "--output", tmp_path / "s"],
+                  names=names, watch=[tmp_path])
+    assert not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("grid,names", [("train..lr=1,2", ["train..lr"]), ("train.lr=1e-3,,2e-3", ["empty value"]),
                                         ("train.lr=0,1e-3", ["train.lr", "must be"]),
                                         ("model.sharing", ["--grid", "key=value"])])

@@ -9,6 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mtbert.cli import app
+from mtbert.commands import sweep
 from mtbert.commands.sweep import Axis, combinations, load_plans, parse_grid, run_sweep, split_values, write_tables
 from mtbert.errors import MtbertError
 
@@ -77,6 +78,50 @@ def test_a_plans_file_with_a_bom_and_anchors_loads(tmp_path):
     path = tmp_path / "plans.yaml"
     path.write_bytes(b"\xef\xbb\xbfbase: &frozen {layers: [{range: all, mode: frozen}]}\nsame: *frozen\n")
     assert [name for name, _ in load_plans(path).values] == ["base", "same"]
+
+
+def test_variants_set_several_keys_together(tmp_path):
+    (tmp_path / "variants.yaml").write_text(
+        "shared: {model.sharing: shared}\nlora: {model.sharing: 'frozen+lora[r=4]', train.lr: 1.0e-3, "
+        "train.max_steps: 7}\nplan: {model.sharing: {layers: [{range: all, mode: frozen}]}}\n")
+    axis = sweep.load_variants(tmp_path / "variants.yaml")
+    combos = combinations([axis, parse_grid("seed=0,1")])
+    assert [c.title for c in combos][:3] == ["variant=shared seed=0", "variant=shared seed=1", "variant=lora seed=0"]
+    assert combos[2].overrides == ["model.sharing=frozen+lora[r=4]", "train.lr=0.001", "train.max_steps=7", "seed=0"]
+    assert json.loads(combos[4].overrides[0].partition("=")[2]) == {"layers": [{"range": "all", "mode": "frozen"}]}
+    with pytest.raises(MtbertError, match="train.lr is varied twice .by variant and train.lr"):
+        combinations([axis, parse_grid("train.lr=1e-4,1e-3")])
+    with pytest.raises(MtbertError, match="model.sharing is varied twice"):
+        combinations([axis, load_plans(_write(tmp_path / "plans.yaml", "- shared\n"))])
+
+
+@pytest.mark.parametrize("content,message", [
+    ("- shared\n", "expected a mapping name -> {recipe.key: value"),
+    ("a: shared\n", "expected a mapping name"),
+    ("a: {}\n", "expected a mapping name"),
+    ("a: {train.lr=3: 1}\n", "variant 'a': 'train.lr=3' is not a recipe key"),
+    ("a: {train.lr: 1}\na: {train.lr: 2}\n", r"variants.yaml:2: key 'a' appears twice"),
+])
+def test_a_bad_variants_file_is_one_line_naming_it(tmp_path, content, message):
+    with pytest.raises(MtbertError, match="^--variants .*" + message):
+        sweep.load_variants(_write(tmp_path / "variants.yaml", content))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_the_adapters_survey_variants_are_valid_recipes():
+    from mtbert.config import load_recipe
+
+    root = Path(__file__).parent.parent.parent
+    axis = sweep.load_variants(root / "recipes" / "surveys" / "adapters.yaml")
+    for combo in combinations([axis]):
+        recipe = load_recipe(root / "recipes" / "sharing_survey.yaml", combo.overrides)
+        assert recipe.train.max_steps == 300
+    assert {name for name, _ in axis.values} >= {"shared", "individual", "frozen", "F3-S3", "lora_r4", "lora_r16",
+                                                 "pals"}
 
 
 def fake_result(plan, overall, rss_mib, step_s, status="ok"):
