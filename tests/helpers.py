@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 import struct
 from pathlib import Path
@@ -93,3 +94,12 @@ def random_checkpoint(tmp_path: Path, tokenizer_dir: Path, tasks: dict) -> Path:
             parameter.add_(torch.randn_like(parameter) * 0.5)
     export_model(model, tokenizer, tmp_path / "ckpt", recipe=dump_recipe(recipe), metrics={})
     return tmp_path / "ckpt"
+
+
+def digest(tensors: dict) -> str:
+    """SHA-256 of the weights themselves (names and bytes, in name order), not of the file: the figure the
+    multi-machine tests print (run them with -rP to see it) for the docs."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        h.update(name.encode() + b"\0" + tensors[name].contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -24,7 +24,7 @@ from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
 from mtbert.training import machines
 
-from helpers import write_recipe
+from helpers import digest, write_recipe
 
 
 def launch_machines(config: str, recipe: Path, output: Path, *extra: str, env: dict | None = None,
@@ -67,6 +67,8 @@ def test_two_machines_train_to_the_weights_of_one_machine_of_two_processes(tmp_p
         assert result.returncode == 0, failure_text(result)
     assert "weights identical on all 2 processes" in two[0].stdout
     assert_identical(weights(tmp_path / "two"), weights(tmp_path / "one"))
+    print(f"{config}: weights sha256 two machines x 1 process {digest(weights(tmp_path / 'two'))}, "
+          f"one machine x 2 processes {digest(weights(tmp_path / 'one'))}")
     assert not (tmp_path / "two" / machines.PROBE).exists()
 
 
