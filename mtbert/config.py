@@ -284,8 +284,8 @@ class TaskSmartConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Large and many tasks: tokenising workers, per-task evaluation budgets (TaskConfig.eval_examples) and sampling
-# caps (SamplingConfig.size_cap, min_share).
+# Large and many tasks: tokenising workers, per-task evaluation budgets (TaskConfig.eval_examples, eval_every),
+# streamed training data (TaskConfig.streaming) and sampling caps (SamplingConfig.size_cap, min_share).
 
 
 @ranges(workers=AT_LEAST_1)
@@ -299,7 +299,7 @@ class DataConfig:
 
 @ranges(num_labels=Range(2), label_range=FINITE, batch_size=AT_LEAST_1, loss_weight=AT_LEAST_0,
         max_train_examples=AT_LEAST_1)
-@ranges(eval_examples=AT_LEAST_1)  # many tasks (see DataConfig's block)
+@ranges(eval_examples=AT_LEAST_1, eval_every=AT_LEAST_0)  # many tasks (see DataConfig's block)
 @dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
@@ -360,6 +360,10 @@ class TaskConfig:
     # Many tasks (see DataConfig's block)
     eval_examples: int | None = None
     "Evaluate this task on at most its first this many dev examples during training; null: eval.max_examples."
+    eval_every: int | None = None
+    """Evaluate this task on dev every this many optimizer steps; 0: only at the end of each stage (and of the
+    run); null: whenever the run evaluates (eval.every_steps). Every task is evaluated at a stage's end; between,
+    the overall score uses each task's latest score (docs/tasks.md, "Many tasks")."""
 
 
 @ranges(temperature=ABOVE_0, anneal_decay=PROBABILITY)

@@ -273,9 +273,11 @@ def _describe(recipe: Recipe, stages: list[Stage]) -> str:
     stage = stages[0]
     objective = stage.objective.describe(stage)
     eval_every = recipe.eval.every_steps or stage.steps_per_epoch
+    own = [f"{name} {task.eval_every or 'at the end'}" for name, task in recipe.tasks.items()
+           if task.eval_every is not None]
     return (f"tasks: {', '.join(stage.tasks)} | sampling {recipe.sampling.strategy} | {stage.steps_per_epoch} steps "
             f"per epoch | {stage.steps} steps | eval every {eval_every} steps"
-            + ("" if objective == "supervised" else f" | {objective}"))
+            + (f" ({', '.join(own)})" if own else "") + ("" if objective == "supervised" else f" | {objective}"))
 
 
 def _setup_optimizer(recipe: Recipe, model: MultiTaskModel,
