@@ -365,7 +365,7 @@ class TaskConfig:
     eval_every: int | None = None
     """Evaluate this task on dev every this many optimizer steps; 0: only at the end of each stage (and of the
     run); null: whenever the run evaluates (eval.every_steps). Every task is evaluated at a stage's end; between,
-    the overall score uses each task's latest score (docs/tasks.md, "Many tasks")."""
+    the overall score uses each task's latest score (docs/tasks.md, "Evaluation budgets")."""
     streaming: bool = False
     """Stream the train file: read line by line, shuffled in a buffer of data.stream_buffer examples and tokenised
     batch by batch, never cached or held whole (data/streamed.py); needs max_steps and round_robin, uniform or
