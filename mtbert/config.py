@@ -284,22 +284,24 @@ class TaskSmartConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Large and many tasks: tokenising workers, per-task evaluation budgets (TaskConfig.eval_examples) and sampling
-# caps (SamplingConfig.size_cap, min_share).
+# Large and many tasks: tokenising workers, per-task evaluation budgets (TaskConfig.eval_examples, eval_every),
+# streamed training data (TaskConfig.streaming) and sampling caps (SamplingConfig.size_cap, min_share).
 
 
-@ranges(workers=AT_LEAST_1)
+@ranges(workers=AT_LEAST_1, stream_buffer=AT_LEAST_1)
 @dataclass
 class DataConfig:
     """How training data is prepared: read once into a memory-mapped cache, tokenised once (mtbert/data/)."""
 
     workers: int = 1
     "Processes that tokenise a split not yet cached (datasets' map num_proc); the token ids are the same."
+    stream_buffer: int = 10000
+    "Examples in the shuffle buffer of each streamed task (tasks.*.streaming): its order is shuffled within this."
 
 
 @ranges(num_labels=Range(2), label_range=FINITE, batch_size=AT_LEAST_1, loss_weight=AT_LEAST_0,
         max_train_examples=AT_LEAST_1)
-@ranges(eval_examples=AT_LEAST_1)  # many tasks (see DataConfig's block)
+@ranges(eval_examples=AT_LEAST_1, eval_every=AT_LEAST_0)  # many tasks (see DataConfig's block)
 @dataclass
 class TaskConfig:
     """One task. For a built-in task every field is optional and overrides the built-in value;
@@ -360,6 +362,14 @@ class TaskConfig:
     # Many tasks (see DataConfig's block)
     eval_examples: int | None = None
     "Evaluate this task on at most its first this many dev examples during training; null: eval.max_examples."
+    eval_every: int | None = None
+    """Evaluate this task on dev every this many optimizer steps; 0: only at the end of each stage (and of the
+    run); null: whenever the run evaluates (eval.every_steps). Every task is evaluated at a stage's end; between,
+    the overall score uses each task's latest score (docs/tasks.md, "Evaluation budgets")."""
+    streaming: bool = False
+    """Stream the train file: read line by line, shuffled in a buffer of data.stream_buffer examples and tokenised
+    batch by batch, never cached or held whole (data/streamed.py); needs max_steps and round_robin, uniform or
+    all_tasks sampling. Dev and test splits are read as usual."""
 
 
 @ranges(temperature=ABOVE_0, anneal_decay=PROBABILITY)
@@ -1018,6 +1028,7 @@ def _check_semantics(recipe: Recipe, source: _Source) -> None:
     _check_contrastive_and_stages(recipe, err)
     _check_balancing_and_distillation(recipe, err)
     _check_sampling_caps(recipe, err)
+    _check_streaming(recipe, err)
 
 
 def _check_sampling_caps(recipe: Recipe, err) -> None:
@@ -1054,6 +1065,38 @@ def _check_contrastive_and_stages(recipe: Recipe, err) -> None:
             raise err((*path, "tasks"), "a stage needs at least one task (or null for all of them)")
         if stage.objective != "supervised" and stage.smart:
             raise err((*path, "smart"), f"SMART regularises supervised outputs; the {stage.objective} stage has none")
+
+
+STREAM_STRATEGIES = ("round_robin", "uniform", "all_tasks")
+"The sampling strategies that need no task sizes, so the ones a stage with a streamed task can use."
+
+
+def _check_streaming(recipe: Recipe, err) -> None:
+    """A streamed task's length is unknown: no epochs, no sizes to sample by, nothing that indexes its examples."""
+    streamed = [name for name, task in recipe.tasks.items() if task.streaming]
+    for name in streamed:
+        task = recipe.tasks[name]
+        for key in ("max_train_examples", "class_balanced"):
+            if getattr(task, key):
+                raise err(("tasks", name, key), "needs the task's examples in memory; a streamed task (streaming: "
+                                                "true) has them one at a time")
+    for i, stage in enumerate(stage_configs(recipe)):
+        path = ("stages", str(i)) if recipe.stages else ()
+        mine = [name for name in stage.tasks or list(recipe.tasks) if name in streamed]
+        if not mine:
+            continue
+        sampling = stage.sampling or recipe.sampling
+        if sampling.strategy not in STREAM_STRATEGIES:
+            raise err((*path, "sampling", "strategy"), f"{sampling.strategy} needs each task's size, which streamed "
+                                                       f"task {mine[0]} has not; use {', '.join(STREAM_STRATEGIES)}")
+        max_steps = stage.max_steps if stage.max_steps is not None else (
+            None if stage.epochs is not None else recipe.train.max_steps)
+        if max_steps is None:
+            raise err((*path, "max_steps") if recipe.stages else ("train", "max_steps"),
+                      f"an epoch of streamed task {mine[0]} has no known length: set the steps")
+        if stage.objective != "supervised":
+            raise err((*path, "objective"), f"{stage.objective} indexes its tasks' examples; streamed task "
+                                            f"{mine[0]} trains with the supervised objective only")
 
 
 def stage_configs(recipe: Recipe) -> list[StageConfig]:

@@ -106,6 +106,10 @@ class Task:
     "The pooler's settings (routing's outputs, size, iterations); None: its defaults."
     eval_examples: int | None = None
     "Dev examples this task is evaluated on during training, at most; None: eval.max_examples."
+    eval_every: int | None = None
+    "Optimizer steps between this task's dev evaluations during training (0: stage ends only); None: the run's."
+    streaming: bool = False
+    "Train from the file as a stream (data/streamed.py), never read whole."
 
     @property
     def is_pair(self) -> bool:
@@ -180,7 +184,8 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
         head=merged.head, batch_size=merged.batch_size or default_batch_size, loss_weight=merged.loss_weight,
         max_train_examples=merged.max_train_examples, class_balanced=merged.class_balanced, prompt=prompt,
         pooler_options=dataclasses.asdict(merged.routing) if merged.routing is not None else None,
-        eval_examples=merged.eval_examples)
+        eval_examples=merged.eval_examples, eval_every=merged.eval_every,
+        streaming=merged.streaming)
 
 
 def _prompt(name: str, cfg: TaskConfig, is_pair: bool, where: str) -> PromptTemplate | None:

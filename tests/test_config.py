@@ -316,3 +316,28 @@ def test_a_malformed_override_names_itself(tmp_path, override, message):
 def test_an_override_value_that_is_not_yaml_is_a_string(tmp_path):
     assert load_recipe(write(tmp_path), ["name=a: b: c"]).name == "a: b: c"
     assert load_recipe(write(tmp_path), ["output_dir=[x"]).output_dir == "[x"
+
+
+# ---------------------------------------------------------------------------------------------
+# Streamed tasks (tasks.*.streaming): what a stream of unknown length cannot do is refused in one line
+
+@pytest.mark.parametrize("overrides,message", [
+    (["tasks.sst.streaming=true"], "train.max_steps: an epoch of streamed task sst has no known length"),
+    (["tasks.sst.streaming=true", "train.max_steps=5", "sampling.strategy=proportional"],
+     "sampling.strategy: proportional needs each task's size, which streamed task sst has not"),
+    (["tasks.sst.streaming=true", "train.max_steps=5", "tasks.sst.class_balanced=true"],
+     "tasks.sst.class_balanced: needs the task's examples in memory"),
+    (["tasks.sst.streaming=true", "train.max_steps=5", "tasks.sst.max_train_examples=10"],
+     "tasks.sst.max_train_examples: needs the task's examples in memory"),
+])
+def test_a_streamed_task_refuses_what_needs_its_length(tmp_path, overrides, message):
+    with pytest.raises(MtbertError) as error:
+        load_recipe(write(tmp_path), overrides)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_streamed_task_in_a_stage_needs_that_stages_length(tmp_path):
+    text = RECIPE + "stages:\n  - {tasks: [sst], max_steps: 4}\n  - {tasks: [sst], epochs: 1}\n"
+    with pytest.raises(MtbertError, match=r"stages\.1\.max_steps: an epoch of streamed task sst"):
+        load_recipe(write(tmp_path, text), ["tasks.sst.streaming=true"])
+    assert load_recipe(write(tmp_path), ["tasks.sst.streaming=true", "train.max_steps=5"]).tasks["sst"].streaming

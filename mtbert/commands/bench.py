@@ -547,6 +547,10 @@ def run_bench(recipe: Recipe, *, steps: int = 30, warmup: int = 3, compare: str 
     if compares - set(COMPARISONS):
         raise MtbertError(f"--compare: expected one of {', '.join(COMPARISONS)} (or both, comma-separated), "
                           f"got {compare!r}")
+    streamed = [name for name, task in recipe.tasks.items() if task.streaming]
+    if streamed:  # the bench replays planned batches by dataset index, which a stream has not
+        raise MtbertError(f"tasks.{streamed[0]}.streaming: mtbert bench measures in-memory tasks; run it with "
+                          f"tasks.{streamed[0]}.streaming=false")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     bf16 = speed.use_bf16(recipe.speed, device)
     set_seed(recipe.seed)

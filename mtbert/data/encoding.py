@@ -133,7 +133,7 @@ def tokenize_split(split: SplitData, task: Task, tokenizer, max_length: int, *, 
                    progress: bool = True, workers: int = 1) -> datasets.Dataset:
     """The split's examples with input_ids/token_type_ids (and *_b for siamese pairs) beside them; `workers`
     processes tokenise a split that is not cached yet."""
-    encode = _encoder(encoding_spec(task), tokenizer, max_length)
+    encode = encoder(task, tokenizer, max_length)
     token_columns = _token_columns(split.dataset, encode)
     with progress_bars(progress, len(split.dataset)):
         if not use_cache:
@@ -188,6 +188,11 @@ def staged_entry(folder: Path, what: str) -> Iterator[Path]:
                           f"to a writable folder") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def encoder(task: Task, tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:
+    """The task's batch encoder (columns text_a, text_b -> token columns), as tokenize_split applies it."""
+    return _encoder(encoding_spec(task), tokenizer, max_length)
 
 
 def _encoder(spec: dict, tokenizer, max_length: int) -> Callable[[dict[str, list]], dict[str, list]]:

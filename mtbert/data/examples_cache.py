@@ -33,7 +33,8 @@ from mtbert.tasks import Task
 
 VERSION = 1
 NOT_READ = frozenset({"files", "pooler", "pair_encoding", "siamese_regression", "head", "batch_size", "loss_weight",
-                      "max_train_examples", "class_balanced", "prompt", "metrics", "main_metric", "eval_examples"})
+                      "max_train_examples", "class_balanced", "prompt", "metrics", "main_metric", "eval_examples",
+                      "eval_every", "streaming"})
 "Task fields that do not change what is read from a file (`files`: the file's bytes are hashed instead)."
 DONE = "split.json"
 

@@ -20,7 +20,7 @@ import json
 import math
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,24 +85,26 @@ def _rows(task: Task, path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; the line is where the row starts in the file."""
     text = read_text(path, "data file")  # utf-8 only; MRPC's byte-order mark is dropped
     if task.format == "jsonl":
-        return _json_rows(task, path, text)
-    return _table_rows(task, path, text)
+        return _json_rows(task, path, json_objects(path, text))
+    return _table_rows(task, path, _lines(text))
 
 
 def _used_columns(task: Task) -> list[str]:
     return [c for c in (*task.text_columns, task.label_column, task.id_column) if c]
 
 
-def _json_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+def _json_rows(task: Task, path: Path, objects: Iterator[tuple[int, dict]]) -> Iterator[tuple[int, dict[str, str]]]:
     used = set(_used_columns(task))
-    for number, row in json_objects(path, text):
+    for number, row in objects:
         yield number, {k: _json_field(v, f"{path}:{number}", k) if k in used else "" for k, v in row.items()}
 
 
-def json_objects(path: Path, text: str) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file; anything but an object is an error."""
+def json_objects(path: Path, text: str | Iterable[str]) -> Iterator[tuple[int, dict]]:
+    """(line number, object) for each non-blank line of a JSON-lines file (its text, or its lines split at "\n"
+    alone); anything but an object is an error."""
     # Only "\n" ends a JSON line: str.splitlines would also split inside a string holding U+2028.
-    for number, line in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n") if isinstance(text, str) else text
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -127,12 +129,12 @@ def _json_type(value) -> str:
     return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(type(value), "number")
 
 
-def _table_rows(task: Task, path: Path, text: str) -> Iterator[tuple[int, dict[str, str]]]:
+def _table_rows(task: Task, path: Path, lines: Iterable[str]) -> Iterator[tuple[int, dict[str, str]]]:
     delimiter = "," if task.format == "csv" else "\t"
     # GLUE files are TSV without quoting: a '"' is part of the text, and reading them with CSV quoting
     # silently merges rows. The cs224n files and user csv/tsv files use normal CSV quoting, read strictly.
     quoted = task.format != "glue"
-    reader = csv.reader(_lines(text), delimiter=delimiter,
+    reader = csv.reader(lines, delimiter=delimiter,
                         quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE, strict=quoted)
     records = _records(reader, path)
     first = next(records, None)
@@ -231,17 +233,13 @@ def _read_file(task: Task, split: str, path: Path) -> SplitData:
             seen_columns = set(row)
             _check_columns(task, split, path, seen_columns)
             labelled = task.label_column in seen_columns
-        texts = [(row.get(c) or "").strip() for c in task.text_columns]
-        raw_label = (row.get(task.label_column) or "").strip() if labelled else None
-        if not all(texts) or (labelled and not raw_label):
+        example = row_example(task, row, len(lines), labelled, f"{path}:{number}")
+        if isinstance(example, str):
             skipped.append(number)
-            reasons.add("empty label" if labelled and not raw_label and all(texts) else "empty text")
+            reasons.add(example)
             continue
-        columns["id"].append(_example_id(task, row, len(lines)))
-        columns["text_a"].append(texts[0])
-        columns["text_b"].append(texts[1] if task.is_pair else "")
-        if labelled:
-            columns["label"].append(parse_label(task, raw_label, f"{path}:{number}"))
+        for name, value in example.items():
+            columns[name].append(value)
         lines.append(number)
         if len(columns["id"]) == CHUNK:
             chunks.append(_to_dataset(task, columns, labelled))
@@ -256,6 +254,46 @@ def _read_file(task: Task, split: str, path: Path) -> SplitData:
     return SplitData(dataset, str(path), labelled, skipped, " and ".join(sorted(reasons)),
                      np.array(lines, dtype=np.int64),
                      ids_are_positions=task.id_column is None or task.id_column not in seen_columns)
+
+
+def row_example(task: Task, row: dict[str, str], index: int, labelled: bool, where: str) -> dict | str:
+    """The example (id, text_a, text_b, label if labelled) a row holds, or why it is skipped: "empty text" or
+    "empty label"; `index` is its position among the examples (its id without an id column)."""
+    texts = [(row.get(c) or "").strip() for c in task.text_columns]
+    raw_label = (row.get(task.label_column) or "").strip() if labelled else None
+    if not all(texts) or (labelled and not raw_label):
+        return "empty label" if labelled and not raw_label and all(texts) else "empty text"
+    example = {"id": _example_id(task, row, index), "text_a": texts[0], "text_b": texts[1] if task.is_pair else ""}
+    if labelled:
+        example["label"] = parse_label(task, raw_label, where)
+    return example
+
+
+def stream_rows(task: Task, path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, example) of each example of a train file read line by line, never whole (a streamed task:
+    data/streamed.py); rows with an empty text or label are passed over. Errors name the file and line."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="\n" if task.format == "jsonl" else "") as file:
+            rows = _json_rows(task, path, json_objects(path, file)) if task.format == "jsonl" else \
+                _table_rows(task, path, file)
+            labelled, index = None, 0
+            for number, row in rows:
+                if labelled is None:
+                    _check_columns(task, "train", path, set(row))
+                    labelled = task.label_column in row
+                    if not labelled:
+                        raise MtbertError(f"{path}: no label column '{task.label_column}' "
+                                          f"(columns: {', '.join(sorted(row))})")
+                example = row_example(task, row, index, labelled, f"{path}:{number}")
+                if not isinstance(example, str):
+                    yield number, example
+                    index += 1
+    except FileNotFoundError:
+        raise MtbertError(f"{path}: train file of task {task.name} not found") from None
+    except UnicodeDecodeError as e:
+        raise MtbertError(f"{path}: not UTF-8 text ({e.reason} at a byte of the file)") from None
+    except OSError as e:
+        raise MtbertError(f"{path}: cannot read the data file ({e.strerror or e})") from None
 
 
 def _empty_columns() -> dict[str, list]:

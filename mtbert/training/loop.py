@@ -121,8 +121,10 @@ def _after_step(run: Run, stage: Stage, step: int, nonfinite: tuple[int, list[st
         run.accelerator.print(f"step {done}: {run.guard.describe(nonfinite[1])}; step skipped")
         run.guard.reset()
     log_due = done % recipe.train.log_every == 0 or done == run.steps
-    eval_due = done == stage.end or (done % recipe.eval.every_steps == 0 if recipe.eval.every_steps
-                                     else (done - stage.start) % stage.steps_per_epoch == 0)
+    run_evaluates = (done % recipe.eval.every_steps == 0 if recipe.eval.every_steps
+                     else (done - stage.start) % stage.steps_per_epoch == 0)
+    due = tasks_due(run.data.tasks, done, run_evaluates, stage_end=done == stage.end)
+    eval_due = bool(due)
     save_due = done == run.steps or (recipe.train.checkpoint_every and done % recipe.train.checkpoint_every == 0)
     stop = run.stop_vote.agree(received)
     if log_due or eval_due or save_due or stop:
@@ -131,7 +133,7 @@ def _after_step(run: Run, stage: Stage, step: int, nonfinite: tuple[int, list[st
     if log_due:
         _log(run, stage, step, speedometer, bar)
     if eval_due:
-        _evaluate(run, done)
+        _evaluate(run, done, due)
     if save_due or stop:
         run.progress.log_bytes = run.log.size()
         run.saved = run.state.save(run.checkpoints, done, run.processes, run.run_info)
@@ -154,14 +156,47 @@ def _log(run: Run, stage: Stage, step: int, speedometer: Speedometer, bar) -> No
                             "elapsed_s": elapsed})
 
 
-def _evaluate(run: Run, done: int) -> None:
-    """Score every task on dev; export the model when it is the best so far (or always, without keep_best)."""
-    metrics = evaluate_dev(run.model, run.data.tasks, run.dev_loaders, run.accelerator)
-    run.log.write({"step": done, "dev": metrics})
-    run.accelerator.print(f"step {done}: dev " + format_scores(metrics))
+def tasks_due(tasks: dict[str, Task], done: int, run_evaluates: bool, stage_end: bool) -> list[str]:
+    """The tasks evaluated on dev after optimizer step `done`: all of them at a stage's end; between, a task with
+    its own eval_every when `done` is a multiple of it (0: never between), the others when the run evaluates."""
+    if stage_end:
+        return list(tasks)
+    return [name for name, task in tasks.items()
+            if (run_evaluates if task.eval_every is None else task.eval_every and done % task.eval_every == 0)]
+
+
+def _evaluate(run: Run, done: int, due: list[str]) -> None:
+    """Score the due tasks on dev; export the model when it is the best so far (or always, without keep_best)."""
+    measured = evaluate_dev(run.model, run.data.tasks, {n: run.dev_loaders[n] for n in due}, run.accelerator)
+    metrics, record = latest_scores(run.progress.dev_scores, measured, done, list(run.data.tasks))
+    run.log.write({"step": done} | record)
+    run.accelerator.print(f"step {done}: dev " + format_scores(record["dev"]))
+    if metrics is None:  # some task has no score yet: no overall, nothing to choose between
+        return
     if not run.recipe.eval.keep_best or replaces_best(metrics["overall"], run.progress.best):
         run.progress.best = metrics | {"step": done}
         launch.export(run.accelerator, run.model, run.data.tokenizer, run.output, run.recipe_text, run.progress.best)
+
+
+def latest_scores(scores: dict, measured: dict, done: int, tasks: list[str]) -> tuple[dict | None, dict]:
+    """Fold the dev metrics `measured` at step `done` (some tasks, "overall" among them) into `scores`, each task's
+    latest {step, metrics}; return the metrics the run's overall stands on and the log record's fields.
+
+    The overall score is the mean of every task's latest main score, whether measured now or at an earlier step
+    (tasks.*.eval_every): the record names the carried tasks and their steps under "dev_carried". Until every
+    task has been scored once there is no overall (None, and the record lists the rest under "dev_pending")."""
+    for name in tasks:
+        if name in measured:
+            scores[name] = {"step": done, "metrics": measured[name]}
+    record = {"dev": {n: measured[n] for n in tasks if n in measured}}
+    pending = [n for n in tasks if n not in scores]
+    if pending:
+        return None, record | {"dev_pending": pending}
+    metrics = {n: scores[n]["metrics"] for n in tasks}
+    metrics["overall"] = overall_score({n: m["main"] for n, m in metrics.items()})
+    record["dev"]["overall"] = metrics["overall"]
+    carried = {n: scores[n]["step"] for n in tasks if scores[n]["step"] != done}
+    return metrics, record | ({"dev_carried": carried} if carried else {})
 
 
 def _finish(run: Run) -> dict:
@@ -179,6 +214,7 @@ def _finish(run: Run) -> dict:
 
 
 def evaluate_dev(model, tasks: dict[str, Task], loaders: dict, accelerator: Accelerator) -> dict:
+    """Each loader's task's dev metrics, and "overall": the mean of their main scores."""
     results = {}
     for name, loader in loaders.items():
         prediction = run_inference(model, tasks[name], loader, device=accelerator.device,
@@ -206,4 +242,4 @@ def format_scores(metrics: dict) -> str:
     for name, values in metrics.items():
         if isinstance(values, dict):
             parts.append(f"{name} " + " ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "main"))
-    return " | ".join(parts) + f" | overall {metrics['overall']:.4f}"
+    return " | ".join(parts) + (f" | overall {metrics['overall']:.4f}" if "overall" in metrics else "")

@@ -22,6 +22,8 @@ import torch
 from mtbert import speed
 from mtbert.config import PromptConfig, Recipe, dump_recipe, sharing_spec
 from mtbert.data.loading import load_split, load_tokenizer, require_labels
+from mtbert.data.reading import split_path
+from mtbert.data.streamed import StreamedSplit, StreamedTaskStream
 from mtbert.data.streams import StreamPositions, TaskStream
 from mtbert.errors import MtbertError
 from mtbert.exported import LoadedModel
@@ -123,6 +125,10 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
     progress = accelerator is None or accelerator.is_local_main_process
     for name, task in tasks.items():
         for split, store in (("train", train), ("dev", dev)):
+            if split == "train" and task.streaming:  # read line by line while training (data/streamed.py)
+                store[name] = StreamedSplit(task, split_path(task, "train", recipe.data_dir) or Path(""))
+                store[name].check()
+                continue
             data, tokenized = load_split(task, split, recipe.data_dir, tokenizer, recipe.model.max_length,
                                          report=say, progress=progress, workers=recipe.data.workers)
             require_labels(data, task, split)
@@ -214,7 +220,8 @@ def setup(recipe: Recipe, resume: str | None = None, overwrite: bool = False) ->
                            streams=StreamPositions(streams), progress=progress, losses=losses,
                            objective_parts=_objective_parts(stages))
     run_info = {"recipe": dump_recipe(stored_recipe(recipe, data.tasks)), "launch": launch.launch_info(accelerator),
-                "train_examples": {name: len(ds) for name, ds in data.train.items()}}
+                "train_examples": {name: ds.identity() if isinstance(ds, StreamedSplit) else len(ds)
+                                   for name, ds in data.train.items()}}
     processes = launch.processes(accelerator)
     if resume_from:
         check_resumable(resume_from, run_info)
@@ -242,11 +249,19 @@ def _setup_output(output: Path, accelerator: Accelerator, resume: str | None, ov
 
 def _setup_streams(recipe: Recipe, data: RunData, accelerator: Accelerator) -> dict[str, TaskStream]:
     """Each task's training batches, in an order that follows from the seed alone."""
-    return {name: TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i,
-                             pad_id=data.tokenizer.pad_token_id or 0, num_processes=accelerator.num_processes,
-                             process_index=accelerator.process_index, max_examples=task.max_train_examples,
-                             class_balanced=task.class_balanced, length_pool=recipe.speed.length_pool)
-            for i, (name, task) in enumerate(data.tasks.items())}
+    pad_id, streams = data.tokenizer.pad_token_id or 0, {}
+    for i, (name, task) in enumerate(data.tasks.items()):
+        if task.streaming:
+            streams[name] = StreamedTaskStream(
+                data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=pad_id,
+                tokenizer=data.tokenizer, max_length=recipe.model.max_length, buffer_size=recipe.data.stream_buffer,
+                num_processes=accelerator.num_processes, process_index=accelerator.process_index)
+            continue
+        streams[name] = TaskStream(data.train[name], task.batch_size, seed=recipe.seed, stream_id=i, pad_id=pad_id,
+                                   num_processes=accelerator.num_processes, process_index=accelerator.process_index,
+                                   max_examples=task.max_train_examples, class_balanced=task.class_balanced,
+                                   length_pool=recipe.speed.length_pool)
+    return streams
 
 
 def _objective_context(recipe: Recipe, data: RunData, streams: dict[str, TaskStream], model: MultiTaskModel,
@@ -273,9 +288,11 @@ def _describe(recipe: Recipe, stages: list[Stage]) -> str:
     stage = stages[0]
     objective = stage.objective.describe(stage)
     eval_every = recipe.eval.every_steps or stage.steps_per_epoch
+    own = [f"{name} {task.eval_every or 'at the end'}" for name, task in recipe.tasks.items()
+           if task.eval_every is not None]
     return (f"tasks: {', '.join(stage.tasks)} | sampling {recipe.sampling.strategy} | {stage.steps_per_epoch} steps "
             f"per epoch | {stage.steps} steps | eval every {eval_every} steps"
-            + ("" if objective == "supervised" else f" | {objective}"))
+            + (f" ({', '.join(own)})" if own else "") + ("" if objective == "supervised" else f" | {objective}"))
 
 
 def _setup_optimizer(recipe: Recipe, model: MultiTaskModel,

@@ -78,14 +78,18 @@ def plan_stages(recipe: Recipe, objectives: list[Objective], accum: int) -> list
         max_steps = config.max_steps if config.max_steps is not None else (
             None if config.epochs is not None else recipe.train.max_steps)
         source = objective.streams
-        sampler = TaskSampler(sampling.strategy, {n: source[n].pass_size for n in tasks},
-                              {n: source[n].batches_per_pass for n in tasks}, seed=recipe.seed,
+        # A streamed task's size is unknown (None): config.py lets it only into stages of a set length whose
+        # strategy draws without sizes, so it counts as one batch here and an epoch is the whole stage.
+        streamed = any(source[n].pass_size is None for n in tasks)
+        sampler = TaskSampler(sampling.strategy, {n: source[n].pass_size or 1 for n in tasks},
+                              {n: source[n].batches_per_pass or 1 for n in tasks}, seed=recipe.seed,
                               temperature=sampling.temperature, anneal_decay=sampling.anneal_decay,
                               size_cap=sampling.size_cap, min_share=sampling.min_share)
         steps = total_steps(sampler.steps_per_epoch, epochs, accum, max_steps)
+        steps_per_epoch = steps if streamed else math.ceil(sampler.steps_per_epoch / accum)
         stages.append(Stage(index=index, name=config.name or f"stage-{index + 1}", tasks=tasks, objective=objective,
                             sampling=sampling, sampler=sampler, start=start, steps=steps,
-                            steps_per_epoch=math.ceil(sampler.steps_per_epoch / accum),
+                            steps_per_epoch=steps_per_epoch,
                             lr=config.lr or recipe.train.lr,
                             warmup_ratio=recipe.train.warmup_ratio if config.warmup_ratio is None
                             else config.warmup_ratio))

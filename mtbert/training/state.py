@@ -85,13 +85,16 @@ class Progress:
     "Length of train_log.jsonl at the checkpoint; a resume cuts off what was logged after it."
     skipped_steps: list[int] = field(default_factory=list)
     "Steps skipped for a non-finite loss (train.on_nonfinite: skip)."
+    dev_scores: dict = field(default_factory=dict)
+    "Each task's latest dev metrics and the step they were measured at: {task: {step, metrics}} (tasks.*.eval_every)."
 
     def state_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
         for f in dataclasses.fields(self):
-            setattr(self, f.name, state[f.name])
+            # dev_scores is newer than the other fields: a checkpoint written before it has none yet.
+            setattr(self, f.name, state[f.name] if f.name != "dev_scores" else state.get(f.name, {}))
 
 def training_state(launch_parts: list[tuple[str, Stateful, bool]], *, scheduler: Stateful,
                    streams: Stateful, progress: Progress, losses: Stateful,

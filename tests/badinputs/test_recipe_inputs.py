@@ -128,6 +128,7 @@ VALUES = {
     "tasks.sst.head.hidden_size": 0, "model.size.max_position_embeddings": 16, "model.size.num_heads": 0,
     "contrastive.scale": 0.0, "contrastive.margin": -1.0, "tasks.sst.num_labels": 1, "tasks.sst.batch_size": 0,
     "train.epochs": 1.5, "train.warmup_ratio": "fast", "trian": {"lr": 1.0},
+    "tasks.sst.eval_every": -1, "data.stream_buffer": 0, "tasks.sst.streaming": "yes",
 }
 
 

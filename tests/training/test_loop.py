@@ -1,6 +1,7 @@
 import json
 import math
 from collections import Counter
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from mtbert.errors import MtbertError
 from mtbert.objectives.supervised import LOSSES
 from mtbert.training import faults
 from mtbert.training import loop as train_module
-from mtbert.training.loop import replaces_best, train
+from mtbert.training.loop import latest_scores, replaces_best, tasks_due, train
 from mtbert.training.setup import optimizer_groups
 
 from helpers import write_recipe
@@ -218,3 +219,58 @@ def test_no_weight_decay_on_biases_and_layernorm():
     model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
     decay, no_decay = optimizer_groups(model, 0.1)
     assert len(decay["params"]) == 1 and len(no_decay["params"]) == 3 and no_decay["weight_decay"] == 0.0
+
+
+# --- per-task evaluation budgets (tasks.*.eval_every) ------------------------------------------------
+
+
+def test_each_task_is_due_on_its_own_schedule_and_every_task_at_a_stage_end():
+    tasks = {"a": SimpleNamespace(eval_every=2), "b": SimpleNamespace(eval_every=0),
+             "c": SimpleNamespace(eval_every=None)}
+    assert tasks_due(tasks, 4, run_evaluates=False, stage_end=False) == ["a"]
+    assert tasks_due(tasks, 3, run_evaluates=True, stage_end=False) == ["c"]  # 0: never between stage ends
+    assert tasks_due(tasks, 6, run_evaluates=True, stage_end=False) == ["a", "c"]
+    assert tasks_due(tasks, 7, run_evaluates=False, stage_end=True) == ["a", "b", "c"]
+    assert tasks_due(tasks, 5, run_evaluates=False, stage_end=False) == []
+
+
+def test_the_overall_score_is_the_mean_of_each_tasks_latest_score():
+    scores: dict = {}
+    metrics, record = latest_scores(scores, {"a": {"main": 0.2}, "overall": 0.2}, 2, ["a", "b"])
+    assert metrics is None and record == {"dev": {"a": {"main": 0.2}}, "dev_pending": ["b"]}
+    metrics, record = latest_scores(scores, {"b": {"main": 0.6}, "overall": 0.6}, 3, ["a", "b"])
+    assert metrics == {"a": {"main": 0.2}, "b": {"main": 0.6}, "overall": pytest.approx(0.4)}
+    assert record == {"dev": {"b": {"main": 0.6}, "overall": pytest.approx(0.4)}, "dev_carried": {"a": 2}}
+    metrics, record = latest_scores(scores, {"a": {"main": 0.0}, "b": {"main": 0.1}, "overall": 0.05}, 4, ["a", "b"])
+    assert metrics["overall"] == pytest.approx(0.05) and "dev_carried" not in record
+
+
+def test_per_task_eval_every_evaluates_each_task_on_its_schedule_and_exports_the_best_overall(
+        tmp_path, tokenizer_dir, monkeypatch):
+    scripted = iter([{"sst": 0.1}, {"quora": 0.5}, {"sst": 0.3, "sts": 0.2}, {"sst": 0.4, "quora": 0.6},
+                     {"sst": 0.1, "quora": 0.1, "sts": 0.1}])
+    evaluated = []
+
+    def evaluate_dev(model, tasks, loaders, accelerator):
+        main = next(scripted)
+        evaluated.append(sorted(loaders))
+        assert sorted(main) == sorted(loaders)
+        overall = float(np.mean(list(main.values())))
+        return {n: {"accuracy": v, "main": v} for n, v in main.items()} | {"overall": overall}
+
+    monkeypatch.setattr(train_module, "evaluate_dev", evaluate_dev)
+    recipe = load_recipe(write_recipe(tmp_path, tokenizer_dir),
+                         ["train.max_steps=7", "eval.every_steps=3", "tasks.sst.eval_every=2",
+                          "tasks.sts.eval_every=4"])
+    best = train(recipe)
+    assert evaluated == [["sst"], ["quora"], ["sst", "sts"], ["quora", "sst"], ["quora", "sst", "sts"]]
+    dev = {r["step"]: r for r in log_records(tmp_path / "ckpt") if "dev" in r}
+    assert sorted(dev) == [2, 3, 4, 6, 7]
+    assert dev[2]["dev_pending"] == ["quora", "sts"] and "overall" not in dev[2]["dev"]
+    assert dev[3]["dev_pending"] == ["sts"]
+    assert dev[4]["dev"]["overall"] == pytest.approx((0.3 + 0.5 + 0.2) / 3) and dev[4]["dev_carried"] == {"quora": 3}
+    assert dev[6]["dev"]["overall"] == pytest.approx((0.4 + 0.6 + 0.2) / 3) and dev[6]["dev_carried"] == {"sts": 4}
+    assert "dev_carried" not in dev[7] and dev[7]["dev"]["overall"] == pytest.approx(0.1)
+    # The best overall was at step 6, with sts's score carried from step 4: that model is the exported one.
+    assert best["step"] == 6 and best["sts"]["main"] == 0.2 and best["overall"] == pytest.approx(0.4)
+    assert json.loads((tmp_path / "ckpt" / "metrics.json").read_text())["step"] == 6

@@ -70,6 +70,11 @@ RECIPES = {
     # adapters between the forwards of one backward
     "lora_dropout": ["model.sharing=F1-S1+lora[r=2,dropout=0.1,targets=all,quora+sts]"],
     "pals_all_tasks": ["model.sharing=F1-S1+pals", "sampling.strategy=all_tasks"],
+    # per-task evaluation: sts's step-3 score, from before the crash, is carried into step 4's overall
+    "per_task_eval_every_keep_best": ["tasks.sst.eval_every=2", "tasks.sts.eval_every=3", "eval.keep_best=true"],
+    # sst streamed from its file (data/streamed.py), 256 examples at 100 a step: the step-3 checkpoint ends a pass
+    "streamed_task_across_passes": ["tasks.sst.streaming=true", "data.stream_buffer=16", "tasks.sst.batch_size=100",
+                                    "sampling.strategy=all_tasks"],
 }
 
 
