@@ -13,7 +13,6 @@ from pathlib import Path
 from mtbert import exported
 from mtbert.commands import evaluation
 from mtbert.commands.evaluation import Side, side_name
-from mtbert.commands.report import write_report
 from mtbert.errors import MtbertError
 from mtbert.files import check_output_file, json_text, write_text_atomically, wrote
 
@@ -75,6 +74,8 @@ def run(ckpt: Path, split: str, tasks: list[str] | None, data_dir: str | None, o
         echo(evaluation.format_comparison(results))
         _skipped(results["refused"], len(results["tasks"]), echo)
     elif plots:
+        from mtbert.commands.report import write_report  # matplotlib: only for the figures
+
         report = write_report(ckpt, split, tasks, data_dir, batch_size)
         results = report.results
         echo(evaluation.format_table(results))
