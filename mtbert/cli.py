@@ -154,14 +154,29 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
              batch_size: BatchSize = 128,
              plots: Annotated[bool, typer.Option("--plots", help="Also write the report's figures and report.md "
                                                                  "(see mtbert report) into CKPT/report-<split>.")]
+             = False,
+             backend: Annotated[str, typer.Option(help="torch, or onnxruntime (each task exported to ONNX on the "
+                                                       "fly and run by ONNX Runtime on the CPU, as mtbert predict "
+                                                       "does); default file CKPT/eval-<split>-onnxruntime.json.")]
+             = "torch",
+             quantize: Annotated[Optional[str], typer.Option(help="With --backend onnxruntime: int8 (dynamic "
+                                                                  "quantisation).")] = None,
+             compare_backends: Annotated[bool, typer.Option("--compare-backends", help="Score torch, ONNX Runtime "
+                                                            "fp32 and int8 side by side, with each ONNX Runtime "
+                                                            "side's metric change and label agreement against "
+                                                            "torch; default file CKPT/eval-<split>-backends.json.")]
              = False):
     """Score a trained model on a split: a per-task table, and JSON.
 
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
+    Example: mtbert evaluate ckpt/rrobin --compare-backends   (torch, ONNX Runtime fp32 and int8)
+
+    A task ONNX export refuses (a siamese pair today) is skipped with one line; the others are scored.
     """
     from mtbert.commands import evaluate as command
 
-    command.run(ckpt, split, _names(tasks), data_dir, output, batch_size, plots, echo=typer.echo)
+    command.run(ckpt, split, _names(tasks), data_dir, output, batch_size, plots, echo=typer.echo,
+                side=(backend, quantize), compare=compare_backends)
 
 
 @app.command()

@@ -110,3 +110,14 @@ def score(task: Task, result: TaskPredictions) -> dict[str, float]:
     values = compute_metrics(task.metrics, result.predictions, result.labels, num_labels=task.num_labels)
     values["main"] = main_score(values, task.main_metric)
     return values
+
+
+def agreement(task: Task, ours: TaskPredictions, theirs: TaskPredictions) -> dict:
+    """How far `ours` are from `theirs` (a reference's predictions on the same examples): the share of equal
+    labels and the largest probability difference, or for regression the largest score difference."""
+    if task.kind == "regression":
+        return {"examples": len(ours.predictions),
+                "max_abs_score_diff": float(np.max(np.abs(ours.predictions - theirs.predictions)))}
+    return {"examples": len(ours.predictions),
+            "labels_equal": float(np.mean(ours.predictions == theirs.predictions)),
+            "max_abs_probability_diff": float(np.max(np.abs(ours.probabilities - theirs.probabilities)))}

@@ -125,8 +125,10 @@ def _require_dynamic(path: str | os.PathLike[str], task: str) -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporters' progress lines and warnings (deprecations, onnxscript's notes) stay off the terminal."""
+    """The exporters' progress lines and warnings (deprecations, onnxscript's notes, the quantiser's notes on
+    the root logger about tensors it leaves in fp32) stay off the terminal."""
     loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    loggers.append(logging.getLogger())
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.setLevel(logging.ERROR)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from mtbert.config import HeadConfig, HubConfig, PromptConfig, Recipe, TaskConfig
 from mtbert.data.prompts import BUILTIN_PROMPTS, PromptTemplate, check_template
 from mtbert.errors import MtbertError
-from mtbert.metrics import METRICS
+from mtbert.metrics import METRIC_NAMES
 
 SPLITS = ("train", "dev", "test")
 DEFAULT_METRICS = {"classes": ["accuracy", "f1"], "binary": ["accuracy", "f1"], "regression": ["pearson", "spearman"]}
@@ -157,9 +157,9 @@ def resolve_task(name: str, cfg: TaskConfig, default_batch_size: int = 32) -> Ta
     metrics = merged.metrics or DEFAULT_METRICS[kind]
     main = merged.main_metric or DEFAULT_MAIN[kind]
     for metric in metrics + main:
-        if metric not in METRICS:
-            near = difflib.get_close_matches(metric, list(METRICS), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(METRICS)}"
+        if metric not in METRIC_NAMES:
+            near = difflib.get_close_matches(metric, list(METRIC_NAMES), n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f"; known: {', '.join(METRIC_NAMES)}"
             raise MtbertError(f"{where}.metrics: unknown metric '{metric}'{hint}")
     for metric in main:
         if metric not in metrics:

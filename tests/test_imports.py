@@ -130,3 +130,23 @@ def test_reading_a_recipe_imports_no_torch(module):
             "assert 'torch' not in sys.modules, 'torch was imported'\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stderr
+
+
+# Optional or evaluation-only libraries that `mtbert train` must not import before its first optimizer step (issue 17:
+# start-up time): `evaluate` (which imports transformers' pipelines and scipy), scikit-learn and scipy load with the
+# first evaluation (mtbert/metrics), the others only on the paths that use them. A test of its own in a fresh process.
+LAZY = ("evaluate", "sklearn", "scipy", "matplotlib", "deepspeed", "peft", "torchjd", "onnx", "onnxruntime",
+        "onnxscript", "optimum", "submitit", "tensorboard")
+
+
+def test_the_training_path_imports_no_optional_library():
+    code = ("import sys\n"
+            "import mtbert.cli, mtbert.training.loop, mtbert.training.setup, mtbert.tasks, mtbert.commands.evaluate\n"
+            "from transformers import AutoTokenizer  # what data/loading.py's load_tokenizer imports\n"
+            f"loaded = sorted(m for m in {LAZY!r} if m in sys.modules)\n"
+            "assert not loaded, f'imported at start-up: {loaded}'\n"
+            "from mtbert.metrics import compute_metrics\n"
+            "assert compute_metrics(['accuracy'], [1, 0], [1, 1]) == {'accuracy': 0.5}\n"
+            "assert 'evaluate' in sys.modules and 'sklearn' in sys.modules  # on first use\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
+    assert result.returncode == 0, result.stderr

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -32,7 +31,7 @@ from mtbert.data.sampling import TaskSampler, run_progress, total_steps
 from mtbert.data.streams import TaskStream
 from mtbert.errors import MtbertError
 from mtbert.files import json_text, write_text_atomically
-from mtbert.inference import TaskPredictions, eval_loader, run_inference, score
+from mtbert.inference import TaskPredictions, agreement, eval_loader, run_inference, score
 from mtbert.model.bert import BertModelOutput
 from mtbert.model.multitask import MultiTaskConfig, MultiTaskModel
 from mtbert.objectives.supervised import LOSSES, predictions
@@ -387,16 +386,6 @@ def time_prediction(models: dict, tasks: dict[str, Task], datasets_by_task: dict
                 tallies[side].steps += 1
                 tallies[side].add_batch(batch, models[side].config.encoder, 1)
     return tallies, outputs
-
-
-def agreement(task: Task, ours: TaskPredictions, theirs: TaskPredictions) -> dict:
-    """How far mtbert's predictions are from the reference's on the same examples."""
-    if task.kind == "regression":
-        return {"examples": len(ours.predictions),
-                "max_abs_score_diff": float(np.max(np.abs(ours.predictions - theirs.predictions)))}
-    return {"examples": len(ours.predictions),
-            "labels_equal": float(np.mean(ours.predictions == theirs.predictions)),
-            "max_abs_probability_diff": float(np.max(np.abs(ours.probabilities - theirs.probabilities)))}
 
 
 # ---------------------------------------------------------------------------------------------

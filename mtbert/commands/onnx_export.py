@@ -82,12 +82,16 @@ def export_onnx(ckpt: str | os.PathLike[str], task: str, to: str | os.PathLike[s
     return target, described
 
 
-def onnxruntime_model(loaded: LoadedModel, task: str, quantize: str | None = None) -> onnx_model.OnnxTaskModel:
-    """`task` of a loaded model exported (and quantised) into a temporary folder and loaded into ONNX Runtime:
-    what `mtbert predict --backend onnxruntime` runs (the sessions hold the graphs; the files go)."""
+def onnxruntime_models(loaded: LoadedModel, task: str, quantizations=(None,)) -> dict:
+    """`task` of a loaded model exported into a temporary folder (and quantised where a quantisation asks for
+    it) and loaded into ONNX Runtime: {quantization (None: fp32, "int8"): model}, every graph from the one
+    export. What `mtbert predict` and `mtbert evaluate --backend onnxruntime` run (the sessions hold the
+    graphs; the files go)."""
     onnx_model.require_onnx()
-    _check(loaded, task, quantize, "the checkpoint")
+    for quantize in quantizations:
+        _check(loaded, task, quantize, "the checkpoint")
     with tempfile.TemporaryDirectory(prefix="mtbert-onnx-") as folder:
-        write_graphs(loaded, task, Path(folder), quantize)
-        graph = Path(folder) / (INT8_FILE if quantize == "int8" else MODEL_FILE)
-        return onnx_model.OnnxTaskModel.from_files({task: graph})
+        write_graphs(loaded, task, Path(folder), "int8" if "int8" in quantizations else None)
+        return {quantize: onnx_model.OnnxTaskModel.from_files(
+                    {task: Path(folder) / (INT8_FILE if quantize == "int8" else MODEL_FILE)})
+                for quantize in quantizations}

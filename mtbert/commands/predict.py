@@ -12,8 +12,8 @@ from typing import TextIO
 
 import datasets
 
-from mtbert import exported, speed
-from mtbert.commands.evaluation import default_device
+from mtbert import exported
+from mtbert.commands.evaluation import model_device, task_models
 from mtbert.commands.submission import predict_submission, read_for_submission, submission_path, task_named, write
 from mtbert.data.encoding import tokenize_split
 from mtbert.data.reading import SplitData
@@ -80,21 +80,10 @@ def write_records(rows: list[dict], task: Task, out: TextIO, fmt: str) -> None:
         out.write(row["label"] + "\t" + "\t".join(f"{row['probabilities'][n]:.6f}" for n in names) + "\n")
 
 
-BACKENDS = ("torch", "onnxruntime")
-
-
 def backend_model(loaded: exported.LoadedModel, task: Task, backend: str = "torch", quantize: str | None = None):
     """What runs the predictions: the torch model with the recipe's speed switches, or the task exported to
-    ONNX and run by ONNX Runtime (mtbert/commands/onnx_export.py)."""
-    if backend not in BACKENDS:
-        raise MtbertError(f"--backend: expected {' or '.join(BACKENDS)}, got {backend!r}")
-    if backend == "torch":
-        if quantize is not None:
-            raise MtbertError("--quantize is for --backend onnxruntime")
-        return speed.set_switches(loaded.model, loaded.recipe.speed)
-    from mtbert.commands.onnx_export import onnxruntime_model
-
-    return onnxruntime_model(loaded, task.name, quantize)
+    ONNX and run by ONNX Runtime (the same path as `mtbert evaluate --backend`: evaluation.task_models)."""
+    return task_models(loaded, task.name, [(backend, quantize)])[(backend, quantize)]
 
 
 def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source: str, out: TextIO,
@@ -108,7 +97,7 @@ def predict_lines(ckpt: str | Path, task_name: str, lines: Iterable[str], source
     watched = sys.stderr.isatty()
     tokenized = tokenize_split(split, task, loaded.tokenizer, loaded.recipe.model.max_length, use_cache=False,
                                progress=watched)
-    device = default_device() if backend == "torch" else "cpu"
+    device = model_device(model)
     result = run_inference(model.to(device), task,
                            eval_loader(tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),

@@ -25,10 +25,9 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import torch
 
 from mtbert import exported, speed
-from mtbert.commands.evaluation import default_device
+from mtbert.commands.evaluation import model_device
 from mtbert.data.encoding import tokenize_split
 from mtbert.data.reading import SplitData, read_split
 from mtbert.errors import MtbertError
@@ -162,9 +161,9 @@ def predict_submission(loaded: exported.LoadedModel, submission: Submission, bat
                        model=None) -> None:
     """model: what predicts (default the loaded torch model with the recipe's speed switches; ONNX Runtime's
     runs on the CPU)."""
-    device = default_device() if model is None or isinstance(model, torch.nn.Module) else "cpu"
     if model is None:
         model = speed.set_switches(loaded.model, loaded.recipe.speed)
+    device = model_device(model)
     result = run_inference(model.to(device), submission.task,
                            eval_loader(submission.tokenized, batch_size, loaded.tokenizer.pad_token_id or 0,
                                        max_tokens=loaded.recipe.speed.eval_max_tokens),
