@@ -14,7 +14,8 @@ picks the method; objectives/registry.py turns it into the stage's objective.
 optimizer step, so each step must hold a batch of every task (sampling all_tasks, or round_robin with grad_accum a
 multiple of the task count); the recipe is refused otherwise. Learned weights are trained by an Adam of their own
 (LearnedVector) and are checkpoint parts; every method logs `task_weights`, the factor on each task's loss (or,
-for gradient surgery, on its gradient) at the logged step, which `mtbert report` plots over the run.
+for gradient surgery, on its gradient) at the logged step, which `mtbert report` plots over the run (static: each
+task's loss_weight, where the recipe or the stage names a `balancing:`; supervised.py).
 """
 
 from __future__ import annotations

@@ -82,7 +82,8 @@ class TrainingModel:
     """The model as an objective sees it while training."""
 
     forward: Callable[..., Any]
-    "The prepared model: training forwards go through it, so that its backward syncs every process."
+    """The prepared model: training forwards go through it, so that its backward syncs every process (under DDP a
+    micro-batch of several tasks runs beside the wrapper, its gradients averaged at sync: launch.TrainingForward)."""
     module: nn.Module
     "The MultiTaskModel itself: extra forwards whose graph joins the training forward's; copies of it."
     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext

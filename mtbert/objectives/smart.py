@@ -282,7 +282,7 @@ class Smart(Supervised):
             self.teacher.update(model.module, self.beta.at(step - stage.start, stage.steps))
 
     def log_values(self, stage: StageLike) -> dict:
-        return {"smart_loss": self.terms.means()}  # adversarial and proximal terms, per task
+        return super().log_values(stage) | {"smart_loss": self.terms.means()}  # adversarial and proximal terms
 
     def describe(self, stage: StageLike) -> str:
         return f"supervised + SMART ({', '.join(self.settings[stage.index])})"

@@ -45,11 +45,15 @@ def predictions(kind: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.T
 
 class Supervised(Objective):
     """Each task's loss (`LOSSES[task.loss]`) on its outputs and labels, plus `regulariser` (none here),
-    times the task's loss_weight."""
+    times the task's loss_weight: `balancing.method: static`. A stage whose recipe or own `balancing:` names
+    the method logs those weights as `task_weights` (constant), as the other balancing methods log theirs; a
+    recipe without `balancing:` logs none."""
 
     def __init__(self, context, stages):
         super().__init__(context, stages)
         self.tasks = context.tasks
+        self.static_logged = {index for index, config in stages.items()
+                              if (config.balancing or context.recipe.balancing) is not None}
 
     def loss(self, model: TrainingModel, task: str, batch: dict[str, torch.Tensor], *, stage: StageLike,
              step: int) -> TaskLoss:
@@ -66,6 +70,11 @@ class Supervised(Objective):
                     stage: StageLike) -> torch.Tensor | float:
         """What a subclass adds to the task's loss before its weight (SMART's terms)."""
         return 0.0
+
+    def log_values(self, stage: StageLike) -> dict:
+        if stage.index not in self.static_logged:
+            return {}
+        return {"task_weights": {name: self.tasks[name].loss_weight for name in stage.tasks}}
 
     def describe(self, stage: StageLike) -> str:
         return "supervised"

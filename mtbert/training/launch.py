@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -119,9 +120,53 @@ def prepare(accelerator: Accelerator, recipe: Recipe, model: torch.nn.Module,
 
 def training_model(accelerator: Accelerator, model) -> TrainingModel:
     """The prepared model as objectives see it (objectives/base.py)."""
-    return TrainingModel(forward=model, module=accelerator.unwrap_model(model), autocast=accelerator.autocast,
-                         sync_gradients=lambda: accelerator.sync_gradients,
+    return TrainingModel(forward=TrainingForward(accelerator, model), module=accelerator.unwrap_model(model),
+                         autocast=accelerator.autocast, sync_gradients=lambda: accelerator.sync_gradients,
                          average=lambda tensor: accelerator.reduce(tensor, reduction="mean"))
+
+
+class TrainingForward:
+    """The training forward: through the prepared model, except under DDP in a micro-batch that holds several tasks
+    (sampling all_tasks). DDP prepares each backward's gradient reduction at a forward, from that forward's outputs
+    alone (find_unused_parameters): after a second task's forward the first task's head counts as unused, and its
+    gradient then breaks the reduction ("marked as ready twice"). Such micro-batches run on the module itself,
+    where DDP's hooks stay idle, and the step's gradients are averaged over the processes by hand when they sync
+    (after_backward): every process forwards the same tasks, so the same parameters hold gradients."""
+
+    def __init__(self, accelerator: Accelerator, model) -> None:
+        self.model, self.module, self.autocast = model, accelerator.unwrap_model(model), accelerator.autocast
+        self.ddp = isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        self.beside_ddp = False
+        "This micro-batch's forwards run on the module (several tasks under DDP)."
+        self.by_hand = False
+        "A forward of this optimizer step ran on the module: its gradients await averaging."
+
+    def __call__(self, *args, **kwargs):
+        if self.beside_ddp:
+            self.by_hand = True
+            with self.autocast():
+                return self.module(*args, **kwargs)
+        return self.model(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def micro_batch(trainee: TrainingModel, tasks: list[str]):
+    """The forwards of one micro-batch of `tasks` (see TrainingForward)."""
+    forward = trainee.forward
+    forward.beside_ddp = forward.ddp and len(tasks) > 1
+    try:
+        yield
+    finally:
+        forward.beside_ddp = False
+
+
+def average_gradients(module: torch.nn.Module, average: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Every gradient the processes hold, replaced by its mean over them (in one reduction)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if grads:
+        flat = average(torch.cat([g.reshape(-1) for g in grads]))
+        for grad, mean in zip(grads, flat.split([g.numel() for g in grads])):
+            grad.copy_(mean.view_as(grad))
 
 
 def exact_gradient_norm(accelerator: Accelerator) -> bool:
@@ -137,10 +182,14 @@ def loss_scaling(accelerator: Accelerator) -> bool:
     return accelerator.scaler is not None
 
 
-def after_backward(accelerator: Accelerator, model) -> None:
-    """What the step that syncs gradients needs after backward: under ZeRO-3, its gradient buffer cleared."""
+def after_backward(accelerator: Accelerator, model, trainee: TrainingModel) -> None:
+    """What the step that syncs gradients needs after backward: under ZeRO-3, its gradient buffer cleared; the
+    gradients of forwards that ran beside DDP (TrainingForward), averaged over the processes."""
     if launch_info(accelerator)["zero_stage"] == 3:
         clear_zero3_gradients(model)  # DeepSpeed stepped inside backward
+    if trainee.forward.by_hand:
+        average_gradients(trainee.module, trainee.average)
+        trainee.forward.by_hand = False
 
 def clear_zero3_gradients(engine) -> None:
     """After a ZeRO-3 optimizer step, zero the flat buffer its gradient partitions live in.

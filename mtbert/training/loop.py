@@ -54,9 +54,10 @@ def fit(run: Run) -> dict:
                 objective.start_stage(run.trainee, stage)
             nonfinite = None
             for micro in range(accum):
-                with accelerator.accumulate(model):
+                tasks = stage.tasks_at(step, micro, accum)
+                with accelerator.accumulate(model), launch.micro_batch(run.trainee, tasks):
                     losses = {}
-                    for task in stage.tasks_at(step, micro, accum):
+                    for task in tasks:
                         batch = speedometer.to_device(objective.streams[task].next_batch(), accelerator.device)
                         out = faults.loss(step + 1, objective.loss(run.trainee, task, batch, stage=stage, step=step))
                         run.guard.observe(step + 1, task, out.loss)
@@ -99,7 +100,7 @@ def _clip_and_check(run: Run, step: int) -> tuple[int, list[str]] | None:
     """At the micro-batch whose gradients sync: clip, and when non-finite steps are skipped, whether this one is
     (then the optimizer does not step)."""
     accelerator, train = run.accelerator, run.recipe.train
-    launch.after_backward(accelerator, run.model)
+    launch.after_backward(accelerator, run.model, run.trainee)
     # The clipped norm tells non-finite gradients of finite losses (where the launch lets the guard read it).
     watch_gradients = train.grad_clip and launch.exact_gradient_norm(accelerator)
     if watch_gradients:

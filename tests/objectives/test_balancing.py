@@ -175,3 +175,10 @@ def test_a_resumed_run_ends_bit_identical_with_its_learned_weights(tmp_path, tok
         report = write_report(full, progress=False)
         assert (report.folder / WEIGHTS_FILE).is_file()
         assert f"]({WEIGHTS_FILE})" in (report.folder / "report.md").read_text()
+
+
+def test_static_weights_named_in_the_recipe_are_logged_at_every_record(tmp_path, tokenizer_dir):
+    run(tmp_path, tokenizer_dir, "static", "static", ["train.max_steps=2", "train.checkpoint_every=0",
+                                                       "tasks.quora.loss_weight=0.5", "eval.max_examples=8"])
+    weights = [r.get("task_weights") for r in records(tmp_path / "static") if "loss" in r]
+    assert weights == [{"sst": 1.0, "quora": 0.5, "sts": 1.0}] * 2  # each task's loss_weight, constant

@@ -1,10 +1,13 @@
 """The supervised objective (mtbert/objectives/supervised.py) through the interface, on a fake model."""
 
+import dataclasses
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from mtbert.config import StageConfig
+from mtbert.config import BalancingConfig, StageConfig
 from mtbert.objectives.base import TrainingModel
 from mtbert.objectives.supervised import LOSSES, Supervised
 
@@ -50,4 +53,20 @@ def test_each_task_s_own_loss_times_its_weight(supervised, task, loss):
 def test_it_trains_the_run_s_task_streams_and_keeps_no_state(supervised):
     objective, context = supervised
     assert objective.streams is context.streams and objective.state_parts() == {} and objective.parameters() == []
-    assert objective.describe(None) == "supervised" and objective.log_values(None) == {}
+    assert objective.describe(None) == "supervised"
+
+
+STAGE = SimpleNamespace(index=0, start=0, steps=10, tasks=["sst", "quora", "sts"])
+
+
+@pytest.mark.parametrize("where", ["recipe", "stage"])
+def test_static_balancing_named_in_the_recipe_logs_each_tasks_loss_weight(supervised, where):
+    objective, context = supervised
+    assert objective.log_values(STAGE) == {}  # no balancing: in the recipe: the log stays as it was
+    static = BalancingConfig(method="static")
+    if where == "recipe":
+        context = dataclasses.replace(context, recipe=dataclasses.replace(context.recipe, balancing=static))
+    named = Supervised(context, {0: StageConfig(balancing=static if where == "stage" else None)})
+    assert named.log_values(STAGE) == {"task_weights": {"sst": 1.0, "quora": 0.5, "sts": 1.0}}
+    pair = SimpleNamespace(index=0, start=0, steps=10, tasks=["quora", "sts"])
+    assert named.log_values(pair) == {"task_weights": {"quora": 0.5, "sts": 1.0}}  # the stage's tasks only

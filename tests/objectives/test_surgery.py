@@ -1,30 +1,20 @@
 """Gradient surgery through torchjd: PCGrad's projection of two conflicting gradients by hand, the objective's
-update on a tiny model equal to PCGrad computed by hand from autograd's per-task gradients, what is refused (in one
-line), and two processes that take the step of one process at double batch."""
+update on a tiny model equal to PCGrad computed by hand from autograd's per-task gradients, and what is refused (in
+one line). Two processes taking the step of one process at double batch: test_balancing_processes.py."""
 
 import dataclasses
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from test_balancing import build, context  # noqa: F401  (the module's context fixture)
 from torchjd.aggregation import PCGrad, UPGrad
 
-from mtbert.config import load_recipe
 from mtbert.errors import MtbertError
 from mtbert.objectives.balancing import parameter_split
 from mtbert.objectives.base import TrainingModel
 from mtbert.objectives.supervised import LOSSES
 from mtbert.objectives.surgery import GradientSurgery, build_aggregator, step_seed
-from mtbert.training.loop import train
-
-from helpers import write_recipe
 
 PAIR = ["sst", "quora"]
 
@@ -102,35 +92,3 @@ def test_a_missing_solver_is_one_line_naming_the_install(monkeypatch):
     monkeypatch.setattr(aggregation, "CAGrad", missing)
     with pytest.raises(MtbertError, match=r"cagrad: its solver is not installed; pip install 'mtbert\[cagrad\]'"):
         build_aggregator("cagrad")
-
-
-# ---------------------------------------------------------------------------------------------
-# Two processes at batch 8 against one at batch 16: the same step (J averaged over the processes, then aggregated)
-
-REPO = Path(__file__).resolve().parents[2]
-RUN = ["model.dropout=0", "tasks.sst.head.dropout=0", "tasks.quora.head.dropout=0", "tasks.sts.head.dropout=0",
-       "train.max_steps=4", "train.log_every=1", "eval.every_steps=0", "eval.max_examples=8",
-       "sampling.strategy=all_tasks", "balancing.method=upgrad"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_take_the_step_of_one_process_at_double_batch(tmp_path, tokenizer_dir):
-    recipe = write_recipe(tmp_path, tokenizer_dir)
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(REPO / "accelerate_configs" / "cpu_multi.yaml"), "--num_processes", "2", "--main_process_port",
-               str(free_port()), "--mixed_precision", "no", "-m", "mtbert", "train", str(recipe), *RUN,
-               "train.batch_size=8", f"output_dir={tmp_path / 'two'}"]
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "weights identical on all 2 processes" in result.stdout
-    train(load_recipe(recipe, [*RUN, "train.batch_size=16", f"output_dir={tmp_path / 'one'}"]))
-    two, one = load_file(tmp_path / "two" / "model.safetensors"), load_file(tmp_path / "one" / "model.safetensors")
-    worst = max((two[k] - one[k]).abs().max().item() for k in one)
-    assert worst < 3e-5, worst  # float sums in another order; each process keeping its own update moves ~1e-3

@@ -5,6 +5,7 @@ Runs whose weights are compared switch dropout off: two processes draw the same 
 their halves of a batch, one process draws different ones for the whole.
 """
 
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +26,7 @@ from mtbert.data.loading import load_split
 from mtbert.exported import load_model
 from mtbert.inference import eval_loader, run_inference
 from mtbert.training import faults
+from mtbert.training.launch import TrainingForward, average_gradients, micro_batch
 from mtbert.training.loop import train
 
 from helpers import write_recipe
@@ -105,6 +107,41 @@ def log_records(folder: Path) -> list[dict]:
 def test_python_dash_m_reaches_the_cli():
     result = run([sys.executable, "-m", "mtbert", "--version"])
     assert result.returncode == 0 and result.stdout.strip() == f"mtbert {__version__}"
+
+
+def test_average_gradients_replaces_each_gradient_by_its_mean_in_one_reduction():
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.Linear(2, 1))
+    module(torch.ones(4, 3)).sum().backward()
+    module[1].bias.grad = None  # a parameter without a gradient keeps none
+    before = {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+    calls = []
+    average_gradients(module, lambda flat: calls.append(flat.numel()) or flat * 0.5)  # another process held zeros
+    assert calls == [3 * 2 + 2 + 2]
+    assert module[1].bias.grad is None
+    for name, p in module.named_parameters():
+        if name in before:
+            assert torch.equal(p.grad, before[name] * 0.5), name
+
+
+def test_the_training_forward_leaves_ddp_only_for_several_tasks_under_ddp():
+    class Accelerator:
+        autocast = staticmethod(contextlib.nullcontext)
+
+        @staticmethod
+        def unwrap_model(model):
+            return model
+
+    calls = []
+    forward = TrainingForward(Accelerator(), lambda *args: calls.append(args) or "through")
+    trainee = SimpleNamespace(forward=forward)
+    with micro_batch(trainee, ["sst", "quora"]):  # not DDP (one process, DeepSpeed): always through the model
+        assert forward("sst", {}) == "through" and not forward.by_hand
+    forward.ddp, forward.module = True, lambda *args: "beside"
+    with micro_batch(trainee, ["sst"]):
+        assert forward("sst", {}) == "through" and not forward.by_hand
+    with micro_batch(trainee, ["sst", "quora"]):
+        assert forward("sst", {}) == "beside" and forward.by_hand
+    assert not forward.beside_ddp and forward.by_hand  # until after_backward averages the step's gradients
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,11 +376,20 @@ def test_zero3_exports_the_whole_model_and_trains_as_zero2(zero2, zero3):
     assert_same_metrics(json.loads((zero3.output / "metrics.json").read_text()), alone)
 
 
+# Per-task adapters under ZeRO-2. LoRA's eps 1e-4: as in TWO_PROCESS_CASES["lora"] (the tiny encoder's query/key
+# gradients differ in float rounding, which AdamW's default eps would blow up to ~5e-4).
+ZERO2_ADAPTERS = {"pals": ["model.sharing=frozen+pals"],
+                  "lora": ["model.sharing=frozen+lora[r=2,targets=all]", "train.eps=1e-4"]}
+
+
 @pytest.mark.slow
-def test_zero2_trains_pals_as_one_process(tmp_path, tokenizer_dir):
-    """Per-task PALs under ZeRO-2. ZeRO gives parameters a step does not use a zero gradient (AdamW then moves them
-    by weight decay and momentum, unlike DDP): with all_tasks every step uses every task's PALs, so the two agree.
-    (Resuming ZeRO-2 exactly is test_zero_resumes_exactly's; resuming PALs, test_resume.py's.)"""
+@pytest.mark.parametrize("sharing", [pytest.param(ZERO2_ADAPTERS["pals"], id="pals"),
+                                     pytest.param(ZERO2_ADAPTERS["lora"], id="lora", marks=pytest.mark.extended)])
+def test_zero2_trains_adapters_as_one_process(tmp_path, tokenizer_dir, sharing):
+    """Per-task PALs and per-task LoRA (peft) under ZeRO-2. ZeRO gives parameters a step does not use a zero gradient
+    (AdamW then moves them by weight decay and momentum, unlike DDP): with all_tasks every step uses every task's
+    adapter, so the two agree. (Resuming ZeRO-2 exactly is test_zero_resumes_exactly's; resuming adapters,
+    test_resume.py's.)"""
     pytest.importorskip("deepspeed")
-    assert_two_train_like_one(tmp_path, tokenizer_dir, "deepspeed_zero2.yaml",
-                              ["model.sharing=frozen+pals", "sampling.strategy=all_tasks"])
+    overrides = [*sharing, "sampling.strategy=all_tasks"]
+    assert_two_train_like_one(tmp_path, tokenizer_dir, "deepspeed_zero2.yaml", overrides)
