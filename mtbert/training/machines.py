@@ -106,6 +106,9 @@ def check_machines(recipe: Recipe, accelerator) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (output / PROBE).unlink(missing_ok=True)
+    # Nobody goes on before the probe is gone: the next thing every process does is to check that output_dir
+    # holds nothing but an earlier run's files, and a probe still there made another machine refuse it.
+    accelerator.wait_for_everyone()
     problems = [line for lines in everyone for line in lines]
     if problems:
         raise MtbertError("this run spans several machines and " + "; ".join(problems))
