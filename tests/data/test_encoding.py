@@ -113,7 +113,8 @@ CHANGES = {
 CHECKED_ONLY = {"num_labels", "label_range"}
 # Fields used after tokenising (model, loss, sampling, scoring), or only to name the cache file.
 NOT_READ = {"name", "metrics", "main_metric", "pooler", "pooler_options", "siamese_regression", "head", "batch_size",
-            "loss_weight", "max_train_examples", "class_balanced", "eval_examples"}
+            "loss_weight", "max_train_examples", "class_balanced", "eval_examples", "eval_every",
+            "streaming"}  # streaming: a streamed train split is tokenised per batch, never cached
 
 
 def test_every_task_field_is_accounted_for():
