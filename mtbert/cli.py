@@ -171,7 +171,7 @@ def evaluate(ckpt: Annotated[Path, typer.Argument(help="Folder written by mtbert
     Example: mtbert evaluate ckpt/quickstart --split dev --output dev.json --plots
     Example: mtbert evaluate ckpt/rrobin --compare-backends   (torch, ONNX Runtime fp32 and int8)
 
-    A task ONNX export refuses (a siamese pair today) is skipped with one line; the others are scored.
+    A task the ONNX export refuses is skipped with one line; the others are scored.
     """
     from mtbert.commands import evaluate as command
 

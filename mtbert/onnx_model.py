@@ -119,8 +119,8 @@ def _require_dynamic(path: str | os.PathLike[str], task: str) -> None:
     fixed = [f"{tensor.name} {[d.dim_param or d.dim_value for d in tensor.type.tensor_type.shape.dim]}"
              for tensor in graph.input if not all(d.dim_param for d in tensor.type.tensor_type.shape.dim)]
     if fixed:
-        raise MtbertError(f"task {task}: the exported graph fixes a dimension of its inputs ({'; '.join(fixed)}); "
-                          f"torch.export does this for a siamese pair's two sentences: not exportable yet")
+        raise MtbertError(f"task {task}: the exported graph fixes a dimension of its inputs ({'; '.join(fixed)}): "
+                          f"torch.export specialised the model to the example batch; not exportable as it is")
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 (default) or by ONNX Runtime (`--backend onnxruntime [--quantize int8]`: each task exported to ONNX on the fly,
 as `mtbert predict --backend onnxruntime` does), or by all three side by side (`--compare-backends`).
 
-A task ONNX export refuses (a siamese pair's graph today) is one `skipped:` line, and the other tasks are
+A task the ONNX export refuses (a graph it cannot check or make dynamic) is one `skipped:` line, and the other tasks are
 scored; the overall score is then the mean over the tasks scored, and the table says so."""
 
 from __future__ import annotations

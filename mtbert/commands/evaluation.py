@@ -60,8 +60,8 @@ def check_side(side: Side) -> None:
 
 def task_models(loaded: exported.LoadedModel, task: str, sides: Iterable[Side]) -> dict:
     """{side: what runs `task`'s predictions}: the torch model with the recipe's speed switches, and the ONNX
-    Runtime sides from one export of the task (mtbert/commands/onnx_export.py); an export's refusal (a siamese
-    task's graph, say) is an MtbertError naming the task."""
+    Runtime sides from one export of the task (mtbert/commands/onnx_export.py); an export's refusal (a graph
+    it cannot make dynamic or that differs from torch) is an MtbertError naming the task."""
     sides = list(sides)
     for side in sides:
         check_side(side)

@@ -164,7 +164,7 @@ class MultiTaskModel(nn.Module):
             return pooled
         if spec.encoding != "siamese":
             return self._squeeze(spec, self.heads[task](pooled))
-        u, v = pooled.chunk(2)  # (B, H) each
+        u, v = _halves(pooled)  # (B, H) each
         if spec.kind == "regression" and spec.siamese_regression == "cosine":
             low, high = spec.label_range
             return low + (high - low) * F.cosine_similarity(u, v, dim=-1)
@@ -173,7 +173,7 @@ class MultiTaskModel(nn.Module):
 
     def _siamese_vectors(self, task: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both sentences of each pair through the encoder in one pass: (2B, T) in, two (B, H) out."""
-        return self.forward(task, batch, vectors=True).chunk(2)
+        return _halves(self.forward(task, batch, vectors=True))
 
     def _siamese_inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A pair batch's two sentences stacked, padded to one length: ids, mask, token types, each (2B, T)."""
@@ -190,3 +190,10 @@ class MultiTaskModel(nn.Module):
     @staticmethod
     def _squeeze(spec: TaskHeadSpec, out: torch.Tensor) -> torch.Tensor:
         return out if spec.kind == "classes" else out.squeeze(-1)
+
+
+def _halves(stacked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A siamese pair's two halves of (2B, ...): first sentences, second sentences. Split by shape rather than
+    chunk(2), whose rounding makes torch.export fix the batch size of an exported graph."""
+    first, second = stacked.unflatten(0, (2, -1)).unbind(0)  # (B, ...) each
+    return first, second
