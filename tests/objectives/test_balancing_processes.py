@@ -3,7 +3,8 @@
 forward runs them beside it and averages the gradients by hand, training/launch.py's TrainingForward), and every
 method that averages over the processes (docs/objectives.md, "Several processes"): uncertainty weighting (the
 gradient of s), GradNorm (the per-task gradients at the shared layer, and the losses), FAMO (the losses before and
-after the step) and gradient surgery (the Jacobian). Compared: the model's weights, the task weights (and FAMO's
+after the step), DWA (the window's mean losses; a window of one step here, so that its weights move within the
+run) and gradient surgery (the Jacobian). Compared: the model's weights, the task weights (and FAMO's
 logits, uncertainty's s) logged at every step, and the method's learned state as its checkpoint part saves it (the
 values, their Adam moments, GradNorm's first losses). Each process's batch is half of the one process's, so the
 averaged figures are the one process's: a method that used its own process's half instead moves ~1e-3 away."""
@@ -27,11 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 RUN = ["model.dropout=0", "tasks.sst.head.dropout=0", "tasks.quora.head.dropout=0", "tasks.sts.head.dropout=0",
        "train.max_steps=4", "train.log_every=1", "train.checkpoint_every=4", "eval.every_steps=0",
        "eval.max_examples=8", "sampling.strategy=all_tasks", "balancing.lr=0.1"]
-PART = {"static": None, "uncertainty": "uncertainty", "gradnorm": "gradnorm", "famo": "famo", "upgrad": None}
+PART = {"static": None, "uncertainty": "uncertainty", "gradnorm": "gradnorm", "famo": "famo", "dwa": "dwa",
+        "upgrad": None}
+EXTRA = {"dwa": ["balancing.window=1"]}
 LOGGED = ("task_weights", "log_variance", "famo_logits")
 LONG = [pytest.mark.slow, pytest.mark.extended]
 METHODS = [pytest.param("static", marks=pytest.mark.slow), pytest.param("upgrad", marks=pytest.mark.slow),
-           *(pytest.param(method, marks=LONG) for method in ("uncertainty", "gradnorm", "famo"))]
+           *(pytest.param(method, marks=LONG) for method in ("uncertainty", "gradnorm", "famo", "dwa"))]
 
 
 def free_port() -> int:
@@ -55,7 +58,7 @@ def worst(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("method", METHODS)
 def test_two_processes_take_the_step_of_one_process_at_double_batch(tmp_path, tokenizer_dir, method):
     recipe = write_recipe(tmp_path, tokenizer_dir)
-    run = [*RUN, f"balancing.method={method}"]
+    run = [*RUN, f"balancing.method={method}", *EXTRA.get(method, [])]
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(REPO / "accelerate_configs" / "cpu_multi.yaml"), "--num_processes", "2", "--main_process_port",
                str(free_port()), "--mixed_precision", "no", "-m", "mtbert", "train", str(recipe), *run,
