@@ -153,19 +153,42 @@ def fuse_attention(path: str | os.PathLike[str], out: str | os.PathLike[str], nu
     return {op: count for op, count in optimized.get_fused_operator_statistics().items() if count}
 
 
-QUANTIZATION = {"weight_type": "QInt8", "per_channel": True, "reduce_range": False}
-"quantize_dynamic's settings for --quantize int8 (see the README's Performance section for the measurement)."
+QUANTIZATION = {"weight_type": "QInt8", "per_channel": True, "reduce_range": False,
+                "fp32": "down-projections"}
+"""quantize_dynamic's settings for --quantize int8 (docs/performance.md has the measurement), and which matrix
+products stay fp32: those that project down (more input features than outputs), i.e. each layer's FFN output
+projection, whose input (the activation's output) quantises worst per tensor, and the task heads."""
 
 
 def quantize_int8(path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
-    """ONNX Runtime dynamic quantisation: MatMul weights to int8 (QUANTIZATION), activations at run time."""
+    """ONNX Runtime dynamic quantisation: the weight matrix products (QUANTIZATION) to int8 weights with
+    activations quantised per batch at run time, except the down-projections, which stay fp32. Products of two
+    activations (attention's scores and weighted values) stay fp32 (MatMulConstBOnly, quantize_dynamic's
+    default, stated here so that it stays so)."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with _quiet():
         quantize_dynamic(str(path), str(out), weight_type=getattr(QuantType, QUANTIZATION["weight_type"]),
                          per_channel=QUANTIZATION["per_channel"], reduce_range=QUANTIZATION["reduce_range"],
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                         nodes_to_exclude=down_projections(onnx.load(str(path), load_external_data=False)),
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT, "MatMulConstBOnly": True})
+
+
+def down_projections(model) -> list[str]:
+    """Names of the graph's MatMul and Gemm nodes whose weight (an initializer) has more input features than
+    outputs; a Gemm also under the name the quantiser gives it (it rewrites Gemm as `<name>_MatMul` + Add)."""
+    weights = {tensor.name: tuple(tensor.dims) for tensor in model.graph.initializer}
+    names = []
+    for node in model.graph.node:
+        shape = weights.get(node.input[1]) if node.op_type in ("MatMul", "Gemm") else None
+        if shape is None or len(shape) != 2:
+            continue
+        transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+        features_in, features_out = shape[::-1] if transposed else shape
+        if features_in > features_out:
+            names += [node.name, f"{node.name}_MatMul"] if node.op_type == "Gemm" else [node.name]
+    return names
 
 
 def session(path: str | os.PathLike[str], threads: int | None = None):

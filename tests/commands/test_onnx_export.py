@@ -151,3 +151,20 @@ def test_missing_onnxruntime_says_how_to_install(ckpt, tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "sst", "--backend", "onnxruntime"],
                                 input=SENTENCES)
     assert result.exit_code == 2 and "mtbert[onnx]" in result.output
+
+
+def test_int8_keeps_the_down_projections_and_attention_products_fp32(ckpt, sst_export):
+    """quantize_int8 quantises the weight products except the down-projections (each layer's FFN output and the
+    head); the products of two activations (attention) stay fp32 too."""
+    fp32, int8 = onnx.load(str(sst_export / MODEL_FILE)), onnx.load(str(sst_export / INT8_FILE))
+    weights = {tensor.name for tensor in fp32.graph.initializer}
+    products = [node for node in fp32.graph.node if node.op_type in ("MatMul", "Gemm")]
+    attention = [node.name for node in products if node.input[1] not in weights]
+    excluded = set(onnx_model.down_projections(fp32))
+    down = [node.name for node in products if node.name in excluded]
+    layers = load_model(ckpt).model.config.encoder.num_hidden_layers
+    assert len(down) == layers + 1 and attention  # one FFN output per layer, and the classifier
+    left_fp32 = {node.name.removesuffix("_MatMul") for node in int8.graph.node if node.op_type in ("MatMul", "Gemm")}
+    assert set(attention) | set(down) <= left_fp32
+    quantized = [node for node in int8.graph.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul")]
+    assert len(quantized) == len(products) - len(attention) - len(down) > 0
