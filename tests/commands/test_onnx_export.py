@@ -129,6 +129,23 @@ def test_predict_with_onnxruntime_equals_torch(ckpt):
     assert all(np.isclose(sum(r["probabilities"].values()), 1, atol=1e-5) for r in int8_rows)
 
 
+@pytest.mark.slow
+@pytest.mark.extended
+def test_predict_a_siamese_pair_with_onnxruntime_equals_torch(ckpt):
+    """Pairs of unequal lengths through the siamese sts task's graph: torch's scores."""
+    pairs = "the film was very good\tawful plot\nwhat\ta dull story , not moving at all , sadly\n"
+    rows = []
+    for extra in ((), ("--backend", "onnxruntime")):
+        result = CliRunner().invoke(app, ["predict", "--ckpt", str(ckpt), "--task", "sts", "--format", "jsonl",
+                                          *extra], input=pairs)
+        assert result.exit_code == 0, result.output
+        rows.append([json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")])
+    torch_rows, onnx_rows = rows
+    assert len(torch_rows) == len(onnx_rows) == 2 and torch_rows[0]["score"] != torch_rows[1]["score"]
+    for ours, theirs in zip(onnx_rows, torch_rows):
+        assert ours["input"] == theirs["input"] and abs(ours["score"] - theirs["score"]) <= 2e-5
+
+
 def test_bad_options_are_one_line(ckpt, tmp_path):
     runner = CliRunner()
     cases = [(["predict", "--ckpt", str(ckpt), "--task", "sst", "--quantize", "int8"], "--backend onnxruntime"),
