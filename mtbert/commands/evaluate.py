@@ -48,14 +48,13 @@ def _skipped(refused: dict[str, str], scored: int, echo: Callable[[str], None]) 
 def _score_side(ckpt: Path, split: str, tasks: list[str] | None, data_dir: str | None, batch_size: int,
                 side: Side) -> dict:
     """{task: scores, overall} by one side; an ONNX Runtime side adds "backend" and "refused" {task: why}."""
-    loaded = exported.load_model(ckpt, data_dir=data_dir)
-    if side == ("torch", None):
-        return evaluation.score_predictions(evaluation.predict_tasks(loaded, split, tasks, batch_size))
-    refused: dict[str, str] = {}
-    predicted = evaluation.predict_tasks(loaded, split, tasks, batch_size, side=side, refused=refused)
+    refused: dict[str, str] = {}  # torch refuses nothing: only an ONNX export can
+    predicted = evaluation.predict_tasks(exported.load_model(ckpt, data_dir=data_dir), split, tasks, batch_size,
+                                         side=side, refused=refused)
     if not predicted:
         raise MtbertError(f"{ckpt}: no task could run on {side_name(side)}: {'; '.join(refused.values())}")
-    return {**evaluation.score_predictions(predicted), "backend": side_name(side), "refused": refused}
+    results = evaluation.score_predictions(predicted)
+    return results if side == ("torch", None) else {**results, "backend": side_name(side), "refused": refused}
 
 
 def run(ckpt: Path, split: str, tasks: list[str] | None, data_dir: str | None, output: Path | None,

@@ -83,12 +83,10 @@ def model_device(model) -> torch.device | str:
 
 
 def evaluate_checkpoint(ckpt: str | Path, split: str = "dev", task_names: list[str] | None = None,
-                        data_dir: str | None = None, batch_size: int = 128, progress: bool = True,
-                        side: Side = ("torch", None), refused: dict[str, str] | None = None) -> dict:
-    """{task: {metric: value, "main": score}, "overall": mean of the main scores}, predicted by `side`; with
-    `refused`, a task the side cannot run goes there ({task: reason}) instead of failing the whole."""
+                        data_dir: str | None = None, batch_size: int = 128, progress: bool = True) -> dict:
+    """{task: {metric: value, "main": score}, "overall": mean of the main scores}, predicted by torch."""
     loaded = exported.load_model(ckpt, data_dir=data_dir)
-    return score_predictions(predict_tasks(loaded, split, task_names, batch_size, progress, side, refused))
+    return score_predictions(predict_tasks(loaded, split, task_names, batch_size, progress))
 
 
 @dataclass
