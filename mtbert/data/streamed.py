@@ -36,7 +36,10 @@ from mtbert.tasks import Task
 class StreamedSplit:
     """A task's train file as a stream of examples (id, text_a, text_b, label), in file order."""
 
-    def __init__(self, task: Task, path: Path):
+    def __init__(self, task: Task, path: Path | None):
+        if path is None:  # a task read from the hub: there is no file to stream
+            raise MtbertError(f"tasks.{task.name}.streaming: task {task.name} has no train file to stream "
+                              f"(tasks.{task.name}.train_file); a hub dataset is read whole, not streamed")
         self.task, self.path = task, path
         features = {"id": datasets.Value("string"), "text_a": datasets.Value("string"),
                     "text_b": datasets.Value("string"),

@@ -126,7 +126,7 @@ def load_run_data(recipe: Recipe, accelerator: Accelerator | None = None) -> Run
     for name, task in tasks.items():
         for split, store in (("train", train), ("dev", dev)):
             if split == "train" and task.streaming:  # read line by line while training (data/streamed.py)
-                store[name] = StreamedSplit(task, split_path(task, "train", recipe.data_dir) or Path(""))
+                store[name] = StreamedSplit(task, split_path(task, "train", recipe.data_dir))
                 store[name].check()
                 continue
             data, tokenized = load_split(task, split, recipe.data_dir, tokenizer, recipe.model.max_length,

@@ -110,3 +110,15 @@ def test_a_streamed_file_without_its_label_column_is_one_line_naming_it(tmp_path
     path.write_text("\tid\tsentence\tsentiment\n0\ta\tgood film\t9\n")
     with pytest.raises(MtbertError, match=r"train.csv:2: label '9' of task sst is out of range"):
         StreamedSplit(t, path).check()
+
+
+def test_a_task_without_a_train_file_is_one_line_naming_the_key():
+    """A task read from the hub has no file to stream: the error says so, not a path of '.'."""
+    from mtbert.config import HubConfig
+
+    hub = resolve_task("mine", TaskConfig(format="glue", train_file=None, text_columns=["sentence"],
+                                          label_column="label", kind="binary", streaming=True,
+                                          hub=HubConfig(path="fake", name="one", text_columns=["s"])))
+    with pytest.raises(MtbertError, match=r"^tasks.mine.streaming: task mine has no train file to stream "
+                                          r"\(tasks.mine.train_file\)"):
+        StreamedSplit(hub, None)
